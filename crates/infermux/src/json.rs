@@ -1,0 +1,79 @@
+//! JSON decoding whose errors name the offending field, for every entry point.
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::validate::truncate;
+
+/// Decodes `bytes` as `T`. The error names the path of the bad field
+/// (`messages[0].content: invalid type: ...`) or says the JSON is malformed.
+pub fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
+    decode(bytes, "")
+}
+
+/// Like [`from_slice`], with every field path put under `prefix` (e.g. `payload`).
+pub fn from_slice_at<'a, T: Deserialize<'a>>(bytes: &'a [u8], prefix: &str) -> Result<T, Error> {
+    decode(bytes, prefix)
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], prefix: &str) -> Result<T, Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| describe(&e, prefix))?;
+    de.end().map_err(|e| Error::invalid(format!("invalid JSON: {e}")))?;
+    Ok(value)
+}
+
+fn describe(e: &serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> Error {
+    let inner = e.inner();
+    // Keep messages to one short line: serde quotes the offending value, which
+    // may be a huge string the caller sent.
+    let detail = inner.to_string();
+    let detail = truncate(&detail, 200);
+    if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+        return Error::invalid(format!("invalid JSON: {detail}"));
+    }
+    let path = e.path().to_string();
+    let path = match (prefix.is_empty(), path == ".") {
+        (true, true) => "body".to_owned(),
+        (true, false) => path,
+        (false, true) => prefix.to_owned(),
+        (false, false) => format!("{prefix}.{path}"),
+    };
+    Error::invalid(format!("{path}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::InferRequest;
+
+    #[test]
+    fn names_the_field_with_the_wrong_type() {
+        let e = from_slice::<InferRequest>(br#"{"model":"m","messages":[{"role":"user","content":5}]}"#)
+            .unwrap_err();
+        assert!(e.message().starts_with("messages[0].content: invalid type"), "{e}");
+        let e = from_slice_at::<InferRequest>(br#"{"messages":"x"}"#, "payload").unwrap_err();
+        assert!(e.message().starts_with("payload.messages: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn reports_truncated_json_and_trailing_garbage() {
+        let e = from_slice::<InferRequest>(br#"{"model":"m","mess"#).unwrap_err();
+        assert!(e.message().starts_with("invalid JSON:"), "{e}");
+        let e = from_slice::<InferRequest>(br#"{"messages":[]} x"#).unwrap_err();
+        assert!(e.message().starts_with("invalid JSON:"), "{e}");
+    }
+
+    #[test]
+    fn reports_missing_fields() {
+        let e = from_slice::<InferRequest>(br#"{"model":"m"}"#).unwrap_err();
+        assert!(e.message().contains("missing field `messages`"), "{e}");
+    }
+
+    #[test]
+    fn long_values_are_cut_from_messages() {
+        let body = format!(r#"{{"messages":[{{"role":"user","content":{}}}]}}"#, "1".repeat(100_000));
+        let e = from_slice::<InferRequest>(body.as_bytes()).unwrap_err();
+        assert!(e.message().len() < 300);
+    }
+}

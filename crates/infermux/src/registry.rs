@@ -1,0 +1,305 @@
+//! The set of providers, changed at runtime and read without a lock per request.
+//!
+//! Readers load an immutable snapshot through `arc-swap`; writers (rare) build a
+//! new snapshot under a mutex and swap it in.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::error::{Error, ErrorKind};
+use crate::provider::Provider;
+
+/// One registered provider.
+#[derive(Clone)]
+pub struct Entry {
+    pub provider: Arc<dyn Provider>,
+    pub name: Arc<str>,
+    /// Caller-facing alias → the model name this provider receives.
+    pub aliases: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("name", &self.name)
+            .field("models", &self.provider.models())
+            .field("aliases", &self.aliases)
+            .finish()
+    }
+}
+
+/// Where a request goes: the provider and the model name it receives.
+#[derive(Clone)]
+pub struct Route {
+    pub provider: Arc<dyn Provider>,
+    pub provider_name: Arc<str>,
+    pub upstream_model: Arc<str>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("provider", &self.provider_name)
+            .field("upstream_model", &self.upstream_model)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Snapshot {
+    entries: Vec<Entry>,
+    /// Provider name → index in `entries`.
+    by_name: HashMap<Arc<str>, usize>,
+    /// Model or alias → (index of the first provider declaring it, upstream model).
+    by_model: HashMap<Box<str>, (usize, Arc<str>)>,
+    /// Each provider's default model (its first), by index.
+    default_model: Vec<Arc<str>>,
+}
+
+impl Snapshot {
+    fn build(entries: Vec<Entry>) -> Snapshot {
+        let mut by_name = HashMap::with_capacity(entries.len());
+        let mut by_model = HashMap::new();
+        let mut default_model = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            by_name.insert(e.name.clone(), i);
+            let models = e.provider.models();
+            default_model.push(Arc::from(models.first().map_or("", String::as_str)));
+            for m in models {
+                by_model
+                    .entry(m.as_str().into())
+                    .or_insert_with(|| (i, Arc::from(m.as_str())));
+            }
+            for (alias, target) in &e.aliases {
+                by_model
+                    .entry(alias.as_str().into())
+                    .or_insert_with(|| (i, Arc::from(target.as_str())));
+            }
+        }
+        Snapshot {
+            entries,
+            by_name,
+            by_model,
+            default_model,
+        }
+    }
+
+    fn route(&self, i: usize, upstream_model: Arc<str>) -> Route {
+        let e = &self.entries[i];
+        Route {
+            provider: e.provider.clone(),
+            provider_name: e.name.clone(),
+            upstream_model,
+        }
+    }
+}
+
+/// The providers a router can call, in registration order.
+pub struct Registry {
+    snapshot: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.snapshot.load().entries.iter()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// Adds a provider after those already registered. Names must be unique.
+    pub fn register(&self, provider: Arc<dyn Provider>) -> Result<(), Error> {
+        self.register_with_aliases(provider, Vec::new())
+    }
+
+    /// Adds a provider whose callers may also use `aliases` (alias → the model
+    /// name the provider receives).
+    pub fn register_with_aliases(
+        &self,
+        provider: Arc<dyn Provider>,
+        aliases: Vec<(String, String)>,
+    ) -> Result<(), Error> {
+        let name: Arc<str> = Arc::from(provider.name());
+        if name.is_empty() {
+            return Err(Error::invalid("provider name must not be empty"));
+        }
+        self.update(|entries| {
+            if entries.iter().any(|e| e.name == name) {
+                return Err(Error::invalid(format!(
+                    "a provider named \"{name}\" is already registered"
+                )));
+            }
+            entries.push(Entry {
+                provider,
+                name,
+                aliases,
+            });
+            Ok(())
+        })
+    }
+
+    /// Removes the provider called `name`; returns whether there was one.
+    pub fn remove(&self, name: &str) -> bool {
+        self.update(|entries| {
+            let before = entries.len();
+            entries.retain(|e| &*e.name != name);
+            Ok(entries.len() != before)
+        })
+        .unwrap_or(false)
+    }
+
+    fn update<T>(&self, f: impl FnOnce(&mut Vec<Entry>) -> Result<T, Error>) -> Result<T, Error> {
+        // A poisoned lock only means another writer panicked; the snapshot it
+        // guards is immutable, so carrying on is safe.
+        let _guard = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = self.snapshot.load().entries.clone();
+        let out = f(&mut entries)?;
+        self.snapshot.store(Arc::new(Snapshot::build(entries)));
+        Ok(out)
+    }
+
+    /// The registered providers, in registration order.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.snapshot.load().entries.clone()
+    }
+
+    /// The provider called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Provider>> {
+        let snap = self.snapshot.load();
+        snap.by_name.get(name).map(|&i| snap.entries[i].provider.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot.load().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Picks the provider for a request, by the contract's rules, in order:
+    /// an explicit `provider` wins; then a model (or alias) a provider declares;
+    /// then a model equal to a provider's name; `""` or `"auto"` takes the first
+    /// registered provider.
+    pub fn resolve(&self, model: &str, provider: &str) -> Result<Route, Error> {
+        let snap = self.snapshot.load();
+        let auto = model.is_empty() || model == "auto";
+        if !provider.is_empty() {
+            let Some(&i) = snap.by_name.get(provider) else {
+                return Err(Error::new(
+                    ErrorKind::ModelNotFound,
+                    format!("unknown provider \"{}\"", crate::validate::truncate(provider, 128)),
+                ));
+            };
+            let upstream = if auto {
+                snap.default_model[i].clone()
+            } else {
+                let e = &snap.entries[i];
+                e.aliases
+                    .iter()
+                    .find(|(alias, _)| alias == model)
+                    .map_or_else(|| Arc::from(model), |(_, target)| Arc::from(target.as_str()))
+            };
+            return Ok(snap.route(i, upstream));
+        }
+        if auto {
+            if snap.entries.is_empty() {
+                return Err(Error::new(ErrorKind::ModelNotFound, "no providers are registered"));
+            }
+            return Ok(snap.route(0, snap.default_model[0].clone()));
+        }
+        if let Some((i, upstream)) = snap.by_model.get(model) {
+            return Ok(snap.route(*i, upstream.clone()));
+        }
+        if let Some(&i) = snap.by_name.get(model) {
+            return Ok(snap.route(i, snap.default_model[i].clone()));
+        }
+        Err(Error::model_not_found(crate::validate::truncate(model, 128)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::echo::EchoProvider;
+
+    fn registry() -> Registry {
+        let r = Registry::new();
+        r.register(Arc::new(EchoProvider::new())).unwrap();
+        r.register_with_aliases(
+            Arc::new(
+                EchoProvider::new()
+                    .named("second")
+                    .with_models(vec!["m2".into(), "echo-v1".into()]),
+            ),
+            vec![("fast".into(), "m2".into())],
+        )
+        .unwrap();
+        r
+    }
+
+    fn resolve(r: &Registry, model: &str, provider: &str) -> (String, String) {
+        let route = r.resolve(model, provider).unwrap();
+        (route.provider_name.to_string(), route.upstream_model.to_string())
+    }
+
+    #[test]
+    fn resolution_follows_the_contract_order() {
+        let r = registry();
+        assert_eq!(resolve(&r, "echo-v1", ""), ("echo".into(), "echo-v1".into()));
+        assert_eq!(resolve(&r, "echo-v1", "second"), ("second".into(), "echo-v1".into()));
+        assert_eq!(resolve(&r, "m2", ""), ("second".into(), "m2".into()));
+        assert_eq!(resolve(&r, "fast", ""), ("second".into(), "m2".into()));
+        assert_eq!(resolve(&r, "fast", "second"), ("second".into(), "m2".into()));
+        assert_eq!(resolve(&r, "second", ""), ("second".into(), "m2".into()));
+        assert_eq!(resolve(&r, "", ""), ("echo".into(), "echo-v1".into()));
+        assert_eq!(resolve(&r, "auto", ""), ("echo".into(), "echo-v1".into()));
+        assert_eq!(resolve(&r, "auto", "second"), ("second".into(), "m2".into()));
+    }
+
+    #[test]
+    fn unknown_model_and_provider_are_not_found() {
+        let r = registry();
+        let e = r.resolve("gpt-9", "").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ModelNotFound);
+        assert!(e.message().contains("\"gpt-9\""));
+        let e = r.resolve("echo-v1", "nope").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ModelNotFound);
+        assert!(e.message().contains("\"nope\""));
+        assert_eq!(Registry::new().resolve("auto", "").unwrap_err().kind(), ErrorKind::ModelNotFound);
+    }
+
+    #[test]
+    fn runtime_add_and_remove_keep_registration_order() {
+        let r = registry();
+        assert!(r.register(Arc::new(EchoProvider::new())).is_err(), "duplicate name");
+        r.register(Arc::new(EchoProvider::new().named("third"))).unwrap();
+        let names: Vec<String> = r.entries().iter().map(|e| e.name.to_string()).collect();
+        assert_eq!(names, ["echo", "second", "third"]);
+        assert!(r.remove("echo"));
+        assert!(!r.remove("echo"));
+        assert_eq!(resolve(&r, "echo-v1", ""), ("second".into(), "echo-v1".into()));
+        assert_eq!(resolve(&r, "auto", ""), ("second".into(), "m2".into()));
+        assert!(r.get("third").is_some());
+        assert_eq!(r.len(), 2);
+    }
+}

@@ -1,0 +1,368 @@
+//! The router: resolve → call → account → report. HTTP, gRPC and the CLI all call
+//! [`Router::call`] or [`Router::call_stream`]; nothing else routes a request.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+use futures_util::FutureExt;
+
+use crate::error::{Error, ErrorKind, ProviderError};
+use crate::provider::{CallContext, ChunkStream};
+use crate::registry::{Registry, Route};
+use crate::trace::{Id128, NoopSink, OPERATION, SpanAttrs, SpanSink, SpanStatus, TraceContext, TraceSpan, now_ns};
+use crate::types::{InferChunk, InferRequest, InferResponse};
+use crate::validate::validate_request;
+
+/// What an edge knows about a request beyond its body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContext {
+    /// The caller's trace, from an incoming `traceparent`; `None` starts a new one.
+    pub trace: Option<TraceContext>,
+    /// How long the caller waits; the provider call is cancelled when it elapses.
+    pub timeout: Option<Duration>,
+}
+
+/// A completed call: the response and what the edges report beside it.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub response: InferResponse,
+    /// The model name the provider received (after aliases).
+    pub upstream_model: Arc<str>,
+    pub trace: TraceContext,
+    pub span_id: Id128,
+}
+
+/// Routes requests to the providers of a [`Registry`] and reports a span per call.
+#[derive(Clone)]
+pub struct Router {
+    registry: Arc<Registry>,
+    spans: Arc<dyn SpanSink>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("registry", &self.registry).finish()
+    }
+}
+
+impl Router {
+    /// A router over `registry` that reports spans to `spans`.
+    pub fn new(registry: Arc<Registry>, spans: Arc<dyn SpanSink>) -> Self {
+        Router { registry, spans }
+    }
+
+    /// A router that reports no spans.
+    pub fn without_spans(registry: Arc<Registry>) -> Self {
+        Self::new(registry, Arc::new(NoopSink))
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn spans(&self) -> &Arc<dyn SpanSink> {
+        &self.spans
+    }
+
+    /// Routes `req` with no trace context and no deadline.
+    pub async fn infer(&self, req: &InferRequest) -> Result<InferResponse, Error> {
+        self.call(req, &RequestContext::default())
+            .await
+            .map(|r| r.response)
+    }
+
+    /// Routes one request: validates it, resolves its provider, calls it within
+    /// the caller's deadline, and reports exactly one span, whatever happens
+    /// (a call dropped by its caller reports a `cancelled` error span).
+    pub async fn call(&self, req: &InferRequest, ctx: &RequestContext) -> Result<Routed, Error> {
+        let mut span = PendingSpan::start(self.spans.clone(), ctx, &req.model);
+        let result = self.call_inner(req, ctx, &mut span).await;
+        match &result {
+            Ok(routed) => span.finish_ok(&routed.response),
+            Err(e) => span.finish_err(e),
+        }
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        req: &InferRequest,
+        ctx: &RequestContext,
+        span: &mut PendingSpan,
+    ) -> Result<Routed, Error> {
+        let route = self.prepare(req, span)?;
+        let cctx = span.call_context(&route, ctx);
+        let call = AssertUnwindSafe(route.provider.infer(&cctx, req)).catch_unwind();
+        let outcome = with_deadline(ctx.timeout, &route, call).await?;
+        let mut response = outcome
+            .map_err(|_| panicked(&route))?
+            .map_err(Error::from)?;
+        response.model = caller_model(req, &route);
+        response.provider = route.provider_name.to_string();
+        response.latency_ms = elapsed_ms(span.started);
+        Ok(Routed {
+            response,
+            upstream_model: route.upstream_model,
+            trace: span.trace,
+            span_id: span.span_id,
+        })
+    }
+
+    /// Routes one streaming request. Failures before the first chunk (validation,
+    /// resolution, the provider refusing the call) are returned here; later ones
+    /// arrive as an `Err` item, which ends the stream. The span is reported when
+    /// the stream ends, fails or is dropped.
+    pub async fn call_stream(
+        &self,
+        req: &InferRequest,
+        ctx: &RequestContext,
+    ) -> Result<RoutedStream, Error> {
+        let mut span = PendingSpan::start(self.spans.clone(), ctx, &req.model);
+        let deadline = ctx.timeout.map(|t| Instant::now() + t);
+        let opened = async {
+            let route = self.prepare(req, &mut span)?;
+            let cctx = span.call_context(&route, ctx);
+            let open = AssertUnwindSafe(route.provider.infer_stream(&cctx, req)).catch_unwind();
+            let inner = with_deadline(ctx.timeout, &route, open)
+                .await?
+                .map_err(|_| panicked(&route))?
+                .map_err(Error::from)?;
+            Ok::<_, Error>((route, inner))
+        }
+        .await;
+        match opened {
+            Ok((route, inner)) => Ok(RoutedStream {
+                model: caller_model(req, &route),
+                provider: route.provider_name.to_string(),
+                upstream_model: route.upstream_model,
+                inner,
+                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
+                span,
+                done: false,
+            }),
+            Err(e) => {
+                span.finish_err(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn prepare(&self, req: &InferRequest, span: &mut PendingSpan) -> Result<Route, Error> {
+        validate_request(req)?;
+        let route = self.registry.resolve(&req.model, &req.provider)?;
+        span.attrs.provider = route.provider_name.to_string();
+        span.attrs.model = route.upstream_model.to_string();
+        Ok(route)
+    }
+}
+
+/// Runs `fut` within `timeout`; dropping it (and so cancelling the provider call)
+/// when the time is up.
+async fn with_deadline<F: Future>(timeout: Option<Duration>, route: &Route, fut: F) -> Result<F::Output, Error> {
+    match timeout {
+        None => Ok(fut.await),
+        Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "deadline of {} ms elapsed before provider \"{}\" answered",
+                    t.as_millis(),
+                    route.provider_name
+                ),
+            )
+        }),
+    }
+}
+
+fn panicked(route: &Route) -> Error {
+    tracing::error!(provider = %route.provider_name, "provider panicked; answering internal_error");
+    Error::internal(format!("provider \"{}\" failed unexpectedly", route.provider_name))
+}
+
+/// The model name to show the caller: the one asked for, or for `auto` the one
+/// the provider received.
+fn caller_model(req: &InferRequest, route: &Route) -> String {
+    if req.model.is_empty() || req.model == "auto" {
+        route.upstream_model.to_string()
+    } else {
+        req.model.clone()
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A span being recorded; reported exactly once, when finished or dropped.
+struct PendingSpan {
+    sink: Arc<dyn SpanSink>,
+    attrs: SpanAttrs,
+    trace: TraceContext,
+    span_id: Id128,
+    start_ns: u64,
+    started: Instant,
+    reported: bool,
+}
+
+impl PendingSpan {
+    fn start(sink: Arc<dyn SpanSink>, ctx: &RequestContext, model: &str) -> Self {
+        PendingSpan {
+            sink,
+            attrs: SpanAttrs {
+                model: crate::validate::truncate(model, 256).to_owned(),
+                ..SpanAttrs::default()
+            },
+            trace: ctx.trace.unwrap_or_else(TraceContext::new_root),
+            span_id: Id128::random(),
+            start_ns: now_ns(),
+            started: Instant::now(),
+            reported: false,
+        }
+    }
+
+    fn call_context<'a>(&self, route: &'a Route, ctx: &RequestContext) -> CallContext<'a> {
+        CallContext {
+            model: &route.upstream_model,
+            trace: self.trace,
+            span_id: self.span_id,
+            deadline: ctx.timeout.map(|t| self.started + t),
+        }
+    }
+
+    fn finish_ok(&mut self, resp: &InferResponse) {
+        self.attrs.tokens_in = resp.tokens_in;
+        self.attrs.tokens_out = resp.tokens_out;
+        self.attrs.cost_usd = resp.cost_usd;
+        self.attrs.finish_reason.clone_from(&resp.finish_reason);
+        self.report(SpanStatus::Ok);
+    }
+
+    fn finish_err(&mut self, e: &Error) {
+        self.attrs.error = Some(e.message().to_owned());
+        self.attrs.error_code = Some(e.disposition().code);
+        self.report(SpanStatus::Error);
+    }
+
+    fn report(&mut self, status: SpanStatus) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        let mut attrs = std::mem::take(&mut self.attrs);
+        attrs.latency_ms = elapsed_ms(self.started);
+        self.sink.report(TraceSpan {
+            trace_id: self.trace.trace_id,
+            span_id: self.span_id,
+            parent_id: self.trace.parent_id,
+            operation: OPERATION,
+            start_ns: self.start_ns,
+            end_ns: now_ns(),
+            status,
+            attrs,
+        });
+    }
+}
+
+impl Drop for PendingSpan {
+    fn drop(&mut self) {
+        if !self.reported {
+            let e = Error::new(ErrorKind::Cancelled, "the caller cancelled the request");
+            self.finish_err(&e);
+        }
+    }
+}
+
+/// A provider's chunk stream, labelled with the route and reporting its span
+/// when it ends. Items after an `Err` are never produced.
+pub struct RoutedStream {
+    /// The model name to show the caller.
+    pub model: String,
+    pub provider: String,
+    pub upstream_model: Arc<str>,
+    inner: ChunkStream,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    span: PendingSpan,
+    done: bool,
+}
+
+impl std::fmt::Debug for RoutedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedStream")
+            .field("model", &self.model)
+            .field("provider", &self.provider)
+            .finish()
+    }
+}
+
+impl RoutedStream {
+    pub fn trace(&self) -> TraceContext {
+        self.span.trace
+    }
+
+    fn end(&mut self, result: Result<(), &Error>) {
+        self.done = true;
+        match result {
+            Ok(()) => self.span.report(SpanStatus::Ok),
+            Err(e) => self.span.finish_err(e),
+        }
+    }
+}
+
+impl Stream for RoutedStream {
+    type Item = Result<InferChunk, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(sleep) = this.deadline.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            let e = Error::new(
+                ErrorKind::Timeout,
+                format!("deadline elapsed while provider \"{}\" was streaming", this.provider),
+            );
+            this.end(Err(&e));
+            return Poll::Ready(Some(Err(e)));
+        }
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll_next(cx)));
+        let next = match polled {
+            Ok(poll) => ready!(poll),
+            Err(_) => {
+                tracing::error!(provider = %this.provider, "provider stream panicked; ending it with internal_error");
+                Some(Err(ProviderError::Internal(format!(
+                    "provider \"{}\" failed unexpectedly",
+                    this.provider
+                ))))
+            }
+        };
+        match next {
+            Some(Ok(mut chunk)) => {
+                chunk.model.clone_from(&this.model);
+                chunk.provider.clone_from(&this.provider);
+                let attrs = &mut this.span.attrs;
+                attrs.tokens_in += chunk.tokens_in;
+                attrs.tokens_out += chunk.tokens_out;
+                attrs.cost_usd += chunk.cost_usd;
+                if !chunk.finish_reason.is_empty() {
+                    attrs.finish_reason.clone_from(&chunk.finish_reason);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Some(Err(pe)) => {
+                let e = Error::from(pe);
+                this.end(Err(&e));
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.end(Ok(()));
+                Poll::Ready(None)
+            }
+        }
+    }
+}

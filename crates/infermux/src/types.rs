@@ -1,0 +1,215 @@
+//! MIST protocol v1 wire types. Field names are part of the public contract.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Who wrote a chat message.
+///
+/// Unknown roles deserialize to [`Role::Other`] so that validation, not the JSON
+/// decoder, rejects them: the error then names the field, and the call still
+/// produces a span like every other invalid request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    /// A role outside the three the protocol allows; always rejected by validation.
+    Other(String),
+}
+
+impl Role {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Other(s) => s,
+        }
+    }
+
+    /// Parses a role name; anything but the three known names becomes [`Role::Other`].
+    pub fn parse(s: &str) -> Role {
+        match s {
+            "system" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => Role::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Role;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a role string (system, user or assistant)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Role, E> {
+                Ok(Role::parse(v))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+}
+
+/// Sampling parameters. Out-of-range values are kept as sent and rejected by
+/// validation, which names the field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+}
+
+impl Params {
+    pub fn is_empty(&self) -> bool {
+        *self == Params::default()
+    }
+}
+
+/// A request to run inference.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// Model name or alias; `""` or `"auto"` picks the first registered provider.
+    #[serde(default)]
+    pub model: String,
+    /// Explicit provider name; wins over model resolution when non-empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provider: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "Params::is_empty")]
+    pub params: Params,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+impl InferRequest {
+    /// A one-message user request for `model`.
+    pub fn prompt(model: impl Into<String>, text: impl Into<String>) -> Self {
+        InferRequest {
+            model: model.into(),
+            messages: vec![ChatMessage::user(text)],
+            ..Default::default()
+        }
+    }
+}
+
+/// The result of a completed inference call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InferResponse {
+    /// The model name the caller asked for.
+    pub model: String,
+    /// The provider that served the call.
+    pub provider: String,
+    pub content: String,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_usd: f64,
+    pub latency_ms: u64,
+    pub finish_reason: String,
+}
+
+/// One piece of a streamed reply: content deltas, and on the last chunk the
+/// usage, cost and finish reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InferChunk {
+    pub delta: String,
+    pub model: String,
+    pub provider: String,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_usd: f64,
+    /// Empty on every chunk but the last.
+    pub finish_reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_decodes_the_spec_example() {
+        let json = r#"{"model": "echo-v1", "provider": "", "messages": [{"role": "user", "content": "Hello"}],
+            "params": {"temperature": 0.2, "max_tokens": 64}, "meta": {"caller": "team-a"}}"#;
+        let req: InferRequest = serde_json::from_str(json).unwrap();
+        assert_eq!(req.model, "echo-v1");
+        assert_eq!(req.messages, vec![ChatMessage::user("Hello")]);
+        assert_eq!(req.params.temperature, Some(0.2));
+        assert_eq!(req.params.max_tokens, Some(64));
+        assert_eq!(req.meta.get("caller").map(String::as_str), Some("team-a"));
+    }
+
+    #[test]
+    fn unknown_role_is_kept_for_validation() {
+        let req: InferRequest =
+            serde_json::from_str(r#"{"messages":[{"role":"robot","content":"x"}]}"#).unwrap();
+        assert_eq!(req.messages[0].role, Role::Other("robot".into()));
+        assert_eq!(
+            serde_json::to_string(&req.messages[0]).unwrap(),
+            r#"{"role":"robot","content":"x"}"#
+        );
+    }
+
+    #[test]
+    fn response_field_names_match_the_contract() {
+        let resp = InferResponse {
+            model: "echo-v1".into(),
+            provider: "echo".into(),
+            content: "echo: Hello".into(),
+            tokens_in: 1,
+            tokens_out: 2,
+            cost_usd: 0.00003,
+            latency_ms: 1,
+            finish_reason: "stop".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&resp).unwrap(),
+            r#"{"model":"echo-v1","provider":"echo","content":"echo: Hello","tokens_in":1,"tokens_out":2,"cost_usd":0.00003,"latency_ms":1,"finish_reason":"stop"}"#
+        );
+    }
+}
