@@ -1,1 +1,26 @@
-fn main() {}
+//! The `infermux` command. `cli` holds the flags; each command has a file under
+//! `commands`; errors end here as one line on stderr and a non-zero exit code.
+
+mod cli;
+mod commands;
+mod logging;
+mod setup;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    if let Err(e) = logging::init(&cli.log) {
+        eprintln!("infermux: error: {e}");
+        return ExitCode::from(2);
+    }
+    match commands::run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("infermux: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

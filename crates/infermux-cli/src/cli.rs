@@ -1,0 +1,135 @@
+//! Command-line flags. Precedence: flag, then environment, then config file,
+//! then the default (applied in `setup`, so `None` here means "not given").
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "infermux",
+    version,
+    about = "Inference router: one endpoint in front of your LLM providers",
+    long_about = "Inference router: one endpoint in front of your LLM providers.\n\n\
+        With no --config and no ./infermux.yml, the built-in echo provider (model \
+        echo-v1) is the whole registry: no keys, no network."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (MIST-native and management endpoints).
+    Serve(ServeArgs),
+    /// Route one prompt and print the reply.
+    Infer(InferArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log line format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "INFERMUX_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log level or filter directive (e.g. info, debug, infermux_http=debug).
+    #[arg(long, global = true, default_value = "info", env = "INFERMUX_LOG_LEVEL")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen address: HOST:PORT, or :PORT for all interfaces [default: :8600].
+    #[arg(long, env = "INFERMUX_ADDR")]
+    pub addr: Option<String>,
+
+    /// Config file [default: ./infermux.yml when present].
+    #[arg(long, env = "INFERMUX_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// TokenTrace base URL; spans are POSTed to {URL}/mist. Reporting is off without it.
+    #[arg(long, env = "INFERMUX_TOKENTRACE")]
+    pub tokentrace: Option<String>,
+
+    /// How long in-flight requests may run after SIGINT/SIGTERM (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    /// Model name or alias (e.g. echo-v1); "auto" picks the first provider.
+    #[arg(long)]
+    pub model: String,
+
+    /// The user message to send.
+    #[arg(long)]
+    pub prompt: String,
+
+    /// Send to this provider, whatever the model resolves to.
+    #[arg(long)]
+    pub provider: Option<String>,
+
+    /// Config file [default: ./infermux.yml when present].
+    #[arg(long, env = "INFERMUX_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the full InferResponse as JSON instead of the content.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Give up after this long (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration (try 500ms, 30s, 5m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("\"{s}\": unknown unit \"{unit}\" (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("\"{s}\" is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

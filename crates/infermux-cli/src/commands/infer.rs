@@ -1,0 +1,38 @@
+//! `infermux infer`: route one prompt through the same Router the servers use.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use infermux::router::RequestContext;
+use infermux::{InferRequest, Router};
+
+use crate::cli::InferArgs;
+use crate::setup;
+
+pub fn run(args: InferArgs) -> Result<ExitCode, String> {
+    let registry = setup::registry(args.config.as_deref())?;
+    let router = Router::without_spans(registry);
+    let mut req = InferRequest::prompt(args.model, args.prompt);
+    req.provider = args.provider.unwrap_or_default();
+    let ctx = RequestContext {
+        trace: None,
+        timeout: args.timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let routed = runtime
+        .block_on(router.call(&req, &ctx))
+        .map_err(|e| format!("{}: {e}", e.disposition().code))?;
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_string_pretty(&routed.response)
+            .map_err(|e| e.to_string())
+            .and_then(|s| writeln!(out, "{s}").map_err(|e| e.to_string()))
+    } else {
+        writeln!(out, "{}", routed.response.content).map_err(|e| e.to_string())
+    };
+    written.map_err(|e| format!("cannot write the reply: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,15 @@
+//! One file per command.
+
+mod infer;
+mod serve;
+
+use std::process::ExitCode;
+
+use crate::cli::Command;
+
+pub fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Serve(args) => serve::run(args),
+        Command::Infer(args) => infer::run(args),
+    }
+}

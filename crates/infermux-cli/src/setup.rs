@@ -1,0 +1,74 @@
+//! Turning flags, environment and config into a registry, a router and a listen
+//! address; shared by every command.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use infermux::{EchoProvider, Registry};
+
+/// The config file that applies: `--config` / `INFERMUX_CONFIG`, else
+/// `./infermux.yml` when it exists.
+pub fn config_path(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = flag {
+        return Some(p.to_owned());
+    }
+    let default = Path::new("infermux.yml");
+    default.exists().then(|| default.to_owned())
+}
+
+/// The providers to route to.
+pub fn registry(config: Option<&Path>) -> Result<Arc<Registry>, String> {
+    if let Some(path) = config_path(config) {
+        // Config files arrive with the provider adapters; until then refuse them
+        // rather than silently serving something other than what they describe.
+        return Err(format!(
+            "{}: config files are not supported by this build yet; remove it (or unset INFERMUX_CONFIG) to serve the echo provider",
+            path.display()
+        ));
+    }
+    let registry = Registry::new();
+    registry
+        .register(Arc::new(EchoProvider::new()))
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(registry))
+}
+
+/// Normalizes a listen address: Go-style `:8600` means every interface.
+pub fn listen_addr(flag: Option<&str>, default: &str) -> Result<String, String> {
+    let addr = flag.unwrap_or(default).trim();
+    if let Some(port) = addr.strip_prefix(':') {
+        port.parse::<u16>()
+            .map_err(|_| format!("--addr \"{addr}\": \"{port}\" is not a port number"))?;
+        return Ok(format!("0.0.0.0:{port}"));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("--addr \"{addr}\": expected HOST:PORT or :PORT"));
+    };
+    if host.is_empty() {
+        return Err(format!("--addr \"{addr}\": expected HOST:PORT or :PORT"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("--addr \"{addr}\": \"{port}\" is not a port number"))?;
+    if addr.parse::<SocketAddr>().is_err() && host.contains(':') && !host.starts_with('[') {
+        return Err(format!("--addr \"{addr}\": write IPv6 hosts in brackets, e.g. [::1]:8600"));
+    }
+    Ok(addr.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_style_addresses() {
+        assert_eq!(listen_addr(None, ":8600").unwrap(), "0.0.0.0:8600");
+        assert_eq!(listen_addr(Some(":0"), ":8600").unwrap(), "0.0.0.0:0");
+        assert_eq!(listen_addr(Some("127.0.0.1:9"), ":8600").unwrap(), "127.0.0.1:9");
+        assert_eq!(listen_addr(Some("localhost:9"), ":8600").unwrap(), "localhost:9");
+        assert_eq!(listen_addr(Some("[::1]:9"), ":8600").unwrap(), "[::1]:9");
+        for bad in ["8600", ":http", "host:", ":99999", ":", "::1:80"] {
+            assert!(listen_addr(Some(bad), ":8600").is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Request extractors whose rejections are the contract's JSON errors.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, header, request::Parts};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use infermux::{Error, ErrorKind, MAX_MESSAGE_SIZE, TraceContext};
+
+use crate::error::ApiError;
+
+/// How much of an oversized body is read and thrown away before answering 413,
+/// so that the client sees the answer rather than a reset. Past this the
+/// connection is simply closed.
+const DRAIN_LIMIT: usize = 4 * MAX_MESSAGE_SIZE;
+
+/// The raw bytes of a JSON request body: the content type checked and the size
+/// limited to [`MAX_MESSAGE_SIZE`]. Decoding is left to the handler, so that it
+/// can decode into the type (and with the error paths) it needs.
+#[derive(Debug)]
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        check_content_type(req.headers())?;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = read_limited(req.into_body(), declared).await?;
+        Ok(JsonBytes(body))
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        // Lenient on a missing header: only a declared non-JSON type is refused.
+        return Ok(());
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        return Ok(());
+    }
+    Err(ApiError(Error::new(
+        ErrorKind::UnsupportedMediaType,
+        format!(
+            "Content-Type must be application/json, got \"{}\"",
+            infermux::validate::truncate(&mime, 64)
+        ),
+    )))
+}
+
+fn too_large(size: Option<u64>) -> ApiError {
+    let msg = match size {
+        Some(n) => format!("request body is {n} bytes; the limit is {MAX_MESSAGE_SIZE}"),
+        None => format!("request body exceeds the limit of {MAX_MESSAGE_SIZE} bytes"),
+    };
+    ApiError(Error::new(ErrorKind::PayloadTooLarge, msg))
+}
+
+async fn read_limited(mut body: Body, declared: Option<u64>) -> Result<Bytes, ApiError> {
+    let limit = MAX_MESSAGE_SIZE as u64;
+    if declared.is_some_and(|n| n > limit) {
+        drain(body).await;
+        return Err(too_large(declared));
+    }
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError(Error::invalid(format!("cannot read the request body: {e}")))
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total > MAX_MESSAGE_SIZE {
+            drain(body).await;
+            return Err(too_large(None));
+        }
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut buf = BytesMut::with_capacity(f.len() + data.len());
+                buf.extend_from_slice(f);
+                buf.extend_from_slice(&data);
+                rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// Reads and discards what is left of a body, up to [`DRAIN_LIMIT`].
+async fn drain(mut body: Body) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+}
+
+/// The caller's W3C trace context, from the `traceparent` header if valid.
+#[derive(Debug, Clone, Copy)]
+pub struct Traceparent(pub Option<TraceContext>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Traceparent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Traceparent(
+            parts
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceContext::from_traceparent),
+        ))
+    }
+}

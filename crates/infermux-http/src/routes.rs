@@ -1,0 +1,144 @@
+//! The handlers: extract, delegate to the router, render.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use infermux::envelope::{self, Envelope, MessageType};
+use infermux::router::{RequestContext, Routed};
+use infermux::{Error, ErrorKind, InferRequest, TraceContext, json};
+use serde::Serialize;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{JsonBytes, Traceparent};
+
+type Shared = State<Arc<AppState>>;
+
+/// `POST /infer`: a bare `InferRequest` in, a bare `InferResponse` out.
+pub async fn infer(
+    State(state): Shared,
+    Traceparent(trace): Traceparent,
+    JsonBytes(body): JsonBytes,
+) -> Result<Response, ApiError> {
+    let req: InferRequest = json::from_slice(&body)?;
+    let routed = state.router.call(&req, &ctx(trace)).await?;
+    let body = serde_json::to_vec(&routed.response)
+        .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
+    Ok(json_response(body, &routed))
+}
+
+/// `POST /mist`: an `infer.request` envelope in, an `infer.response` envelope out,
+/// continuing the caller's trace (from `traceparent`, or the payload's
+/// `meta.traceparent`).
+pub async fn mist(
+    State(state): Shared,
+    Traceparent(trace): Traceparent,
+    JsonBytes(body): JsonBytes,
+) -> Result<Response, ApiError> {
+    let message = Envelope::decode(&body, MessageType::InferRequest)?;
+    let req: InferRequest = message.payload_as()?;
+    let trace = trace.or_else(|| {
+        req.meta
+            .get("traceparent")
+            .and_then(|v| TraceContext::from_traceparent(v))
+    });
+    let routed = state.router.call(&req, &ctx(trace)).await?;
+    let body = envelope::encode("infermux", MessageType::InferResponse, &routed.response)?;
+    Ok(json_response(body, &routed))
+}
+
+fn ctx(trace: Option<TraceContext>) -> RequestContext {
+    RequestContext {
+        trace,
+        timeout: None,
+    }
+}
+
+static PROVIDER: HeaderName = HeaderName::from_static("x-infermux-provider");
+static MODEL: HeaderName = HeaderName::from_static("x-infermux-model");
+static COST: HeaderName = HeaderName::from_static("x-infermux-cost");
+static LATENCY: HeaderName = HeaderName::from_static("x-infermux-latency-ms");
+static PROMPT_TOKENS: HeaderName = HeaderName::from_static("x-infermux-prompt-tokens");
+static COMPLETION_TOKENS: HeaderName = HeaderName::from_static("x-infermux-completion-tokens");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// A 200 JSON response with the `X-Infermux-*` headers of a routed call.
+fn json_response(body: Vec<u8>, routed: &Routed) -> Response {
+    let r = &routed.response;
+    let mut h = HeaderMap::with_capacity(9);
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&r.provider) {
+        h.insert(PROVIDER.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&routed.upstream_model) {
+        h.insert(MODEL.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&r.cost_usd.to_string()) {
+        h.insert(COST.clone(), v);
+    }
+    h.insert(LATENCY.clone(), HeaderValue::from(r.latency_ms));
+    h.insert(PROMPT_TOKENS.clone(), HeaderValue::from(r.tokens_in));
+    h.insert(COMPLETION_TOKENS.clone(), HeaderValue::from(r.tokens_out));
+    if let Ok(v) = HeaderValue::from_str(&routed.trace.traceparent_for(routed.span_id)) {
+        h.insert(TRACEPARENT.clone(), v);
+    }
+    (StatusCode::OK, h, body).into_response()
+}
+
+#[derive(Serialize)]
+struct ProviderList {
+    providers: Vec<ProviderInfo>,
+}
+
+#[derive(Serialize)]
+struct ProviderInfo {
+    name: String,
+    models: Vec<String>,
+}
+
+/// `GET /providers`: every provider with its models, in registration order.
+pub async fn providers(State(state): Shared) -> Response {
+    let providers = state
+        .router
+        .registry()
+        .entries()
+        .iter()
+        .map(|e| {
+            let mut models = e.provider.models().to_vec();
+            models.extend(e.aliases.iter().map(|(alias, _)| alias.clone()));
+            ProviderInfo {
+                name: e.name.to_string(),
+                models,
+            }
+        })
+        .collect();
+    axum::Json(ProviderList { providers }).into_response()
+}
+
+/// `GET /_infermux/health`.
+pub async fn health() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        r#"{"status":"ok"}"#,
+    )
+        .into_response()
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError(Error::new(
+        ErrorKind::RouteNotFound,
+        format!("no route for {}", infermux::validate::truncate(uri.path(), 128)),
+    ))
+}
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(Error::new(
+        ErrorKind::MethodNotAllowed,
+        format!(
+            "{method} is not allowed on {}",
+            infermux::validate::truncate(uri.path(), 128)
+        ),
+    ))
+}
