@@ -38,7 +38,12 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 
     /// Log level or filter directive (e.g. info, debug, infermux_http=debug).
-    #[arg(long, global = true, default_value = "info", env = "INFERMUX_LOG_LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "INFERMUX_LOG_LEVEL"
+    )]
     pub log_level: String,
 }
 
@@ -97,7 +102,9 @@ pub struct InferArgs {
 /// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
@@ -107,7 +114,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("\"{s}\": unknown unit \"{unit}\" (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "\"{s}\": unknown unit \"{unit}\" (use ms, s, m or h)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("\"{s}\" is out of range"))
 }

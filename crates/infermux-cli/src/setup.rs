@@ -51,7 +51,9 @@ pub fn listen_addr(flag: Option<&str>, default: &str) -> Result<String, String> 
     port.parse::<u16>()
         .map_err(|_| format!("--addr \"{addr}\": \"{port}\" is not a port number"))?;
     if addr.parse::<SocketAddr>().is_err() && host.contains(':') && !host.starts_with('[') {
-        return Err(format!("--addr \"{addr}\": write IPv6 hosts in brackets, e.g. [::1]:8600"));
+        return Err(format!(
+            "--addr \"{addr}\": write IPv6 hosts in brackets, e.g. [::1]:8600"
+        ));
     }
     Ok(addr.to_owned())
 }
@@ -64,8 +66,14 @@ mod tests {
     fn go_style_addresses() {
         assert_eq!(listen_addr(None, ":8600").unwrap(), "0.0.0.0:8600");
         assert_eq!(listen_addr(Some(":0"), ":8600").unwrap(), "0.0.0.0:0");
-        assert_eq!(listen_addr(Some("127.0.0.1:9"), ":8600").unwrap(), "127.0.0.1:9");
-        assert_eq!(listen_addr(Some("localhost:9"), ":8600").unwrap(), "localhost:9");
+        assert_eq!(
+            listen_addr(Some("127.0.0.1:9"), ":8600").unwrap(),
+            "127.0.0.1:9"
+        );
+        assert_eq!(
+            listen_addr(Some("localhost:9"), ":8600").unwrap(),
+            "localhost:9"
+        );
         assert_eq!(listen_addr(Some("[::1]:9"), ":8600").unwrap(), "[::1]:9");
         for bad in ["8600", ":http", "host:", ":99999", ":", "::1:80"] {
             assert!(listen_addr(Some(bad), ":8600").is_err(), "{bad}");

@@ -48,7 +48,8 @@ impl IntoResponse for ApiError {
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
             br#"{"error":{"message":"internal error","type":"infermux_error","code":"internal_error"}}"#.to_vec()
         });
-        let status = StatusCode::from_u16(d.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(d.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, bytes).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

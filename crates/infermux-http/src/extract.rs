@@ -78,10 +78,11 @@ async fn read_limited(mut body: Body, declared: Option<u64>) -> Result<Bytes, Ap
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError(Error::invalid(format!("cannot read the request body: {e}")))
-        })?;
-        let Ok(data) = frame.into_data() else { continue };
+        let frame = frame
+            .map_err(|e| ApiError(Error::invalid(format!("cannot read the request body: {e}"))))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         total += data.len();
         if total > MAX_MESSAGE_SIZE {
             drain(body).await;

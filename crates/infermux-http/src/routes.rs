@@ -68,7 +68,10 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 fn json_response(body: Vec<u8>, routed: &Routed) -> Response {
     let r = &routed.response;
     let mut h = HeaderMap::with_capacity(9);
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = HeaderValue::from_str(&r.provider) {
         h.insert(PROVIDER.clone(), v);
     }
@@ -120,7 +123,10 @@ pub async fn providers(State(state): Shared) -> Response {
 /// `GET /_infermux/health`.
 pub async fn health() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         r#"{"status":"ok"}"#,
     )
         .into_response()
@@ -129,7 +135,10 @@ pub async fn health() -> Response {
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError(Error::new(
         ErrorKind::RouteNotFound,
-        format!("no route for {}", infermux::validate::truncate(uri.path(), 128)),
+        format!(
+            "no route for {}",
+            infermux::validate::truncate(uri.path(), 128)
+        ),
     ))
 }
 

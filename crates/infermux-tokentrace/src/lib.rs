@@ -81,7 +81,9 @@ impl Stats {
     /// warning every few seconds rather than one per request.
     fn should_warn(&self, epoch: Instant) -> bool {
         const WARN_EVERY_MS: u64 = 10_000;
-        let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        let now = u64::try_from(epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let last = self.last_warning_ms.load(Ordering::Relaxed);
         (last == 0 || now.saturating_sub(last) >= WARN_EVERY_MS)
             && self
@@ -170,7 +172,9 @@ impl ReporterTask {
     pub async fn shutdown(self, timeout: Duration) {
         let _ = self.stop.send(());
         if tokio::time::timeout(timeout, self.join).await.is_err() {
-            tracing::warn!("TokenTrace reporter did not flush within {timeout:?}; remaining spans are lost");
+            tracing::warn!(
+                "TokenTrace reporter did not flush within {timeout:?}; remaining spans are lost"
+            );
         }
     }
 }
@@ -242,7 +246,10 @@ impl Sender {
                 Err(reason) => {
                     let failed = stats.failed.fetch_add(1, Ordering::Relaxed) + 1;
                     if stats.should_warn(epoch) {
-                        tracing::warn!(spans_failed_total = failed, "{reason}; spans are being lost");
+                        tracing::warn!(
+                            spans_failed_total = failed,
+                            "{reason}; spans are being lost"
+                        );
                     }
                 }
             }

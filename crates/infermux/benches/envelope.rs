@@ -1,4 +1,5 @@
 //! MIST envelope decode + validate + encode, for a 1 KiB and a 1 MiB payload.
+#![allow(clippy::expect_used, reason = "benchmark inputs are fixed")]
 
 use std::hint::black_box;
 
@@ -18,14 +19,19 @@ fn bench(c: &mut Criterion) {
         let req = request_of_size(size);
         let message = envelope::encode("bench", MessageType::InferRequest, &req).expect("encode");
         group.throughput(Throughput::Bytes(message.len() as u64));
-        group.bench_with_input(BenchmarkId::new("decode_validate", label), &message, |b, m| {
-            b.iter(|| {
-                let env = Envelope::decode(black_box(m), MessageType::InferRequest).expect("decode");
-                let req: InferRequest = env.payload_as().expect("payload");
-                validate_request(&req).expect("valid");
-                req
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("decode_validate", label),
+            &message,
+            |b, m| {
+                b.iter(|| {
+                    let env =
+                        Envelope::decode(black_box(m), MessageType::InferRequest).expect("decode");
+                    let req: InferRequest = env.payload_as().expect("payload");
+                    validate_request(&req).expect("valid");
+                    req
+                })
+            },
+        );
         let resp = InferResponse {
             model: "echo-v1".into(),
             provider: "echo".into(),
@@ -34,7 +40,10 @@ fn bench(c: &mut Criterion) {
             ..Default::default()
         };
         group.bench_with_input(BenchmarkId::new("encode", label), &resp, |b, r| {
-            b.iter(|| envelope::encode("infermux", MessageType::InferResponse, black_box(r)).expect("encode"))
+            b.iter(|| {
+                envelope::encode("infermux", MessageType::InferResponse, black_box(r))
+                    .expect("encode")
+            })
         });
     }
     group.finish();

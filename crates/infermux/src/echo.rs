@@ -62,7 +62,11 @@ impl EchoProvider {
         let mut content = String::with_capacity(6 + last.len());
         content.push_str("echo: ");
         content.push_str(last);
-        let tokens_in: u64 = req.messages.iter().map(|m| (m.content.len() / 4) as u64).sum();
+        let tokens_in: u64 = req
+            .messages
+            .iter()
+            .map(|m| (m.content.len() / 4) as u64)
+            .sum();
         let tokens_out = ((content.len() / 4) as u64).max(1);
         // (tokens_in + tokens_out) * 0.00001, computed as a division so the
         // result is the correctly rounded decimal (3 tokens → 0.00003 exactly).
@@ -184,7 +188,11 @@ mod tests {
         let text: String = chunks.iter().map(|c| c.delta.as_str()).collect();
         assert_eq!(text, "echo: Hello big world");
         assert_eq!(chunks.len(), 4);
-        assert!(chunks[..3].iter().all(|c| c.finish_reason.is_empty() && c.tokens_out == 0));
+        assert!(
+            chunks[..3]
+                .iter()
+                .all(|c| c.finish_reason.is_empty() && c.tokens_out == 0)
+        );
         let last = chunks.last().unwrap();
         assert_eq!(last.finish_reason, "stop");
         assert_eq!((last.tokens_in, last.tokens_out), (3, 5));

@@ -146,7 +146,11 @@ pub fn encode<T: Serialize>(
 }
 
 /// Encodes an already-serialized JSON payload. `payload` must be valid JSON.
-pub fn encode_raw(source: &str, message_type: MessageType, payload: &[u8]) -> Result<Vec<u8>, Error> {
+pub fn encode_raw(
+    source: &str,
+    message_type: MessageType,
+    payload: &[u8],
+) -> Result<Vec<u8>, Error> {
     let checksum = crc32fast::hash(payload);
     let mut out = Vec::with_capacity(payload.len() + 160 + source.len());
     let write = |out: &mut Vec<u8>| -> std::io::Result<()> {
@@ -186,7 +190,11 @@ mod tests {
         let env = Envelope::decode(&bytes, MessageType::InferRequest).unwrap();
         assert_eq!(env.source, "app");
         assert_eq!(env.id.len(), 32);
-        assert!(env.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            env.id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_ne!(env.checksum, 0);
         assert!(env.timestamp_ns > 1_700_000_000_000_000_000);
         assert_eq!(env.payload_as::<InferRequest>().unwrap(), req);
@@ -210,14 +218,38 @@ mod tests {
     #[test]
     fn rejects_missing_fields_wrong_type_and_version() {
         let cases = [
-            (r#"{"id":"a","source":"s","type":"infer.request","payload":{}}"#, "version: missing"),
-            (r#"{"version":"1","source":"s","type":"infer.request","payload":{}}"#, "id: missing"),
-            (r#"{"version":"1","id":"a","type":"infer.request","payload":{}}"#, "source: missing"),
-            (r#"{"version":"1","id":"a","source":"s","payload":{}}"#, "type: missing"),
-            (r#"{"version":"1","id":"a","source":"s","type":"infer.request"}"#, "payload: missing"),
-            (r#"{"version":"2","id":"a","source":"s","type":"infer.request","payload":{}}"#, "version: unsupported"),
-            (r#"{"version":"1","id":"a","source":"s","type":"trace.span","payload":{}}"#, "type: expected"),
-            (r#"{"version":1,"id":"a","source":"s","type":"infer.request","payload":{}}"#, "version: invalid type"),
+            (
+                r#"{"id":"a","source":"s","type":"infer.request","payload":{}}"#,
+                "version: missing",
+            ),
+            (
+                r#"{"version":"1","source":"s","type":"infer.request","payload":{}}"#,
+                "id: missing",
+            ),
+            (
+                r#"{"version":"1","id":"a","type":"infer.request","payload":{}}"#,
+                "source: missing",
+            ),
+            (
+                r#"{"version":"1","id":"a","source":"s","payload":{}}"#,
+                "type: missing",
+            ),
+            (
+                r#"{"version":"1","id":"a","source":"s","type":"infer.request"}"#,
+                "payload: missing",
+            ),
+            (
+                r#"{"version":"2","id":"a","source":"s","type":"infer.request","payload":{}}"#,
+                "version: unsupported",
+            ),
+            (
+                r#"{"version":"1","id":"a","source":"s","type":"trace.span","payload":{}}"#,
+                "type: expected",
+            ),
+            (
+                r#"{"version":1,"id":"a","source":"s","type":"infer.request","payload":{}}"#,
+                "version: invalid type",
+            ),
             (r#"{"version":"1""#, "invalid JSON"),
         ];
         for (msg, want) in cases {

@@ -93,21 +93,33 @@ impl ErrorKind {
                 };
                 (status, grpc, "upstream_rejected", false, false)
             }
-            ErrorKind::NoHealthyProviders => (503, G::Unavailable, "no_healthy_providers", false, false),
+            ErrorKind::NoHealthyProviders => {
+                (503, G::Unavailable, "no_healthy_providers", false, false)
+            }
             ErrorKind::Timeout => (504, G::DeadlineExceeded, "upstream_timeout", true, true),
             // 499 is never written to a client (the connection is gone); it only
             // labels logs and metrics.
             ErrorKind::Cancelled => (499, G::Cancelled, "cancelled", false, false),
             ErrorKind::RateLimited => (429, G::ResourceExhausted, "rate_limit", true, false),
-            ErrorKind::BudgetExceeded => (429, G::ResourceExhausted, "budget_exceeded", false, false),
+            ErrorKind::BudgetExceeded => {
+                (429, G::ResourceExhausted, "budget_exceeded", false, false)
+            }
             ErrorKind::Unauthorized => (401, G::Unauthenticated, "unauthorized", false, false),
             ErrorKind::Internal => (500, G::Internal, "internal_error", false, true),
-            ErrorKind::PayloadTooLarge => (413, G::ResourceExhausted, "payload_too_large", false, false),
-            ErrorKind::UnsupportedMediaType => {
-                (415, G::InvalidArgument, "unsupported_media_type", false, false)
+            ErrorKind::PayloadTooLarge => {
+                (413, G::ResourceExhausted, "payload_too_large", false, false)
             }
+            ErrorKind::UnsupportedMediaType => (
+                415,
+                G::InvalidArgument,
+                "unsupported_media_type",
+                false,
+                false,
+            ),
             ErrorKind::RouteNotFound => (404, G::Unimplemented, "not_found", false, false),
-            ErrorKind::MethodNotAllowed => (405, G::Unimplemented, "method_not_allowed", false, false),
+            ErrorKind::MethodNotAllowed => {
+                (405, G::Unimplemented, "method_not_allowed", false, false)
+            }
         };
         Disposition {
             http_status,
@@ -212,7 +224,9 @@ impl From<ProviderError> for Error {
     fn from(e: ProviderError) -> Self {
         let kind = match &e {
             ProviderError::Unavailable(_) => ErrorKind::Upstream,
-            ProviderError::Rejected { status, .. } => ErrorKind::UpstreamRejected { status: *status },
+            ProviderError::Rejected { status, .. } => {
+                ErrorKind::UpstreamRejected { status: *status }
+            }
             ProviderError::RateLimited(_) => ErrorKind::RateLimited,
             ProviderError::Timeout(_) => ErrorKind::Timeout,
             ProviderError::InvalidRequest(_) => ErrorKind::InvalidRequest,
@@ -229,19 +243,68 @@ mod tests {
     #[test]
     fn table_matches_the_contract() {
         let cases = [
-            (ErrorKind::InvalidRequest, 400, GrpcCode::InvalidArgument, "invalid_request"),
-            (ErrorKind::ModelNotFound, 404, GrpcCode::NotFound, "model_not_found"),
-            (ErrorKind::Upstream, 502, GrpcCode::Unavailable, "upstream_error"),
-            (ErrorKind::NoHealthyProviders, 503, GrpcCode::Unavailable, "no_healthy_providers"),
-            (ErrorKind::Timeout, 504, GrpcCode::DeadlineExceeded, "upstream_timeout"),
-            (ErrorKind::RateLimited, 429, GrpcCode::ResourceExhausted, "rate_limit"),
-            (ErrorKind::BudgetExceeded, 429, GrpcCode::ResourceExhausted, "budget_exceeded"),
-            (ErrorKind::Unauthorized, 401, GrpcCode::Unauthenticated, "unauthorized"),
-            (ErrorKind::Internal, 500, GrpcCode::Internal, "internal_error"),
+            (
+                ErrorKind::InvalidRequest,
+                400,
+                GrpcCode::InvalidArgument,
+                "invalid_request",
+            ),
+            (
+                ErrorKind::ModelNotFound,
+                404,
+                GrpcCode::NotFound,
+                "model_not_found",
+            ),
+            (
+                ErrorKind::Upstream,
+                502,
+                GrpcCode::Unavailable,
+                "upstream_error",
+            ),
+            (
+                ErrorKind::NoHealthyProviders,
+                503,
+                GrpcCode::Unavailable,
+                "no_healthy_providers",
+            ),
+            (
+                ErrorKind::Timeout,
+                504,
+                GrpcCode::DeadlineExceeded,
+                "upstream_timeout",
+            ),
+            (
+                ErrorKind::RateLimited,
+                429,
+                GrpcCode::ResourceExhausted,
+                "rate_limit",
+            ),
+            (
+                ErrorKind::BudgetExceeded,
+                429,
+                GrpcCode::ResourceExhausted,
+                "budget_exceeded",
+            ),
+            (
+                ErrorKind::Unauthorized,
+                401,
+                GrpcCode::Unauthenticated,
+                "unauthorized",
+            ),
+            (
+                ErrorKind::Internal,
+                500,
+                GrpcCode::Internal,
+                "internal_error",
+            ),
         ];
         for (kind, status, grpc, code) in cases {
             let d = kind.disposition();
-            assert_eq!((d.http_status, d.grpc_code, d.code), (status, grpc, code), "{kind:?}");
+            assert_eq!(
+                (d.http_status, d.grpc_code, d.code),
+                (status, grpc, code),
+                "{kind:?}"
+            );
         }
     }
 

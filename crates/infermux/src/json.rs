@@ -19,7 +19,8 @@ pub fn from_slice_at<'a, T: Deserialize<'a>>(bytes: &'a [u8], prefix: &str) -> R
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], prefix: &str) -> Result<T, Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| describe(&e, prefix))?;
-    de.end().map_err(|e| Error::invalid(format!("invalid JSON: {e}")))?;
+    de.end()
+        .map_err(|e| Error::invalid(format!("invalid JSON: {e}")))?;
     Ok(value)
 }
 
@@ -49,11 +50,19 @@ mod tests {
 
     #[test]
     fn names_the_field_with_the_wrong_type() {
-        let e = from_slice::<InferRequest>(br#"{"model":"m","messages":[{"role":"user","content":5}]}"#)
-            .unwrap_err();
-        assert!(e.message().starts_with("messages[0].content: invalid type"), "{e}");
+        let e = from_slice::<InferRequest>(
+            br#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.message().starts_with("messages[0].content: invalid type"),
+            "{e}"
+        );
         let e = from_slice_at::<InferRequest>(br#"{"messages":"x"}"#, "payload").unwrap_err();
-        assert!(e.message().starts_with("payload.messages: invalid type"), "{e}");
+        assert!(
+            e.message().starts_with("payload.messages: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -72,7 +81,10 @@ mod tests {
 
     #[test]
     fn long_values_are_cut_from_messages() {
-        let body = format!(r#"{{"messages":[{{"role":"user","content":{}}}]}}"#, "1".repeat(100_000));
+        let body = format!(
+            r#"{{"messages":[{{"role":"user","content":{}}}]}}"#,
+            "1".repeat(100_000)
+        );
         let e = from_slice::<InferRequest>(body.as_bytes()).unwrap_err();
         assert!(e.message().len() < 300);
     }

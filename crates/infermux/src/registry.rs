@@ -110,7 +110,9 @@ impl Default for Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.snapshot.load().entries.iter()).finish()
+        f.debug_list()
+            .entries(self.snapshot.load().entries.iter())
+            .finish()
     }
 }
 
@@ -185,7 +187,9 @@ impl Registry {
     /// The provider called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Provider>> {
         let snap = self.snapshot.load();
-        snap.by_name.get(name).map(|&i| snap.entries[i].provider.clone())
+        snap.by_name
+            .get(name)
+            .map(|&i| snap.entries[i].provider.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -207,7 +211,10 @@ impl Registry {
             let Some(&i) = snap.by_name.get(provider) else {
                 return Err(Error::new(
                     ErrorKind::ModelNotFound,
-                    format!("unknown provider \"{}\"", crate::validate::truncate(provider, 128)),
+                    format!(
+                        "unknown provider \"{}\"",
+                        crate::validate::truncate(provider, 128)
+                    ),
                 ));
             };
             let upstream = if auto {
@@ -217,13 +224,19 @@ impl Registry {
                 e.aliases
                     .iter()
                     .find(|(alias, _)| alias == model)
-                    .map_or_else(|| Arc::from(model), |(_, target)| Arc::from(target.as_str()))
+                    .map_or_else(
+                        || Arc::from(model),
+                        |(_, target)| Arc::from(target.as_str()),
+                    )
             };
             return Ok(snap.route(i, upstream));
         }
         if auto {
             if snap.entries.is_empty() {
-                return Err(Error::new(ErrorKind::ModelNotFound, "no providers are registered"));
+                return Err(Error::new(
+                    ErrorKind::ModelNotFound,
+                    "no providers are registered",
+                ));
             }
             return Ok(snap.route(0, snap.default_model[0].clone()));
         }
@@ -233,7 +246,9 @@ impl Registry {
         if let Some(&i) = snap.by_name.get(model) {
             return Ok(snap.route(i, snap.default_model[i].clone()));
         }
-        Err(Error::model_not_found(crate::validate::truncate(model, 128)))
+        Err(Error::model_not_found(crate::validate::truncate(
+            model, 128,
+        )))
     }
 }
 
@@ -259,21 +274,36 @@ mod tests {
 
     fn resolve(r: &Registry, model: &str, provider: &str) -> (String, String) {
         let route = r.resolve(model, provider).unwrap();
-        (route.provider_name.to_string(), route.upstream_model.to_string())
+        (
+            route.provider_name.to_string(),
+            route.upstream_model.to_string(),
+        )
     }
 
     #[test]
     fn resolution_follows_the_contract_order() {
         let r = registry();
-        assert_eq!(resolve(&r, "echo-v1", ""), ("echo".into(), "echo-v1".into()));
-        assert_eq!(resolve(&r, "echo-v1", "second"), ("second".into(), "echo-v1".into()));
+        assert_eq!(
+            resolve(&r, "echo-v1", ""),
+            ("echo".into(), "echo-v1".into())
+        );
+        assert_eq!(
+            resolve(&r, "echo-v1", "second"),
+            ("second".into(), "echo-v1".into())
+        );
         assert_eq!(resolve(&r, "m2", ""), ("second".into(), "m2".into()));
         assert_eq!(resolve(&r, "fast", ""), ("second".into(), "m2".into()));
-        assert_eq!(resolve(&r, "fast", "second"), ("second".into(), "m2".into()));
+        assert_eq!(
+            resolve(&r, "fast", "second"),
+            ("second".into(), "m2".into())
+        );
         assert_eq!(resolve(&r, "second", ""), ("second".into(), "m2".into()));
         assert_eq!(resolve(&r, "", ""), ("echo".into(), "echo-v1".into()));
         assert_eq!(resolve(&r, "auto", ""), ("echo".into(), "echo-v1".into()));
-        assert_eq!(resolve(&r, "auto", "second"), ("second".into(), "m2".into()));
+        assert_eq!(
+            resolve(&r, "auto", "second"),
+            ("second".into(), "m2".into())
+        );
     }
 
     #[test]
@@ -285,19 +315,29 @@ mod tests {
         let e = r.resolve("echo-v1", "nope").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ModelNotFound);
         assert!(e.message().contains("\"nope\""));
-        assert_eq!(Registry::new().resolve("auto", "").unwrap_err().kind(), ErrorKind::ModelNotFound);
+        assert_eq!(
+            Registry::new().resolve("auto", "").unwrap_err().kind(),
+            ErrorKind::ModelNotFound
+        );
     }
 
     #[test]
     fn runtime_add_and_remove_keep_registration_order() {
         let r = registry();
-        assert!(r.register(Arc::new(EchoProvider::new())).is_err(), "duplicate name");
-        r.register(Arc::new(EchoProvider::new().named("third"))).unwrap();
+        assert!(
+            r.register(Arc::new(EchoProvider::new())).is_err(),
+            "duplicate name"
+        );
+        r.register(Arc::new(EchoProvider::new().named("third")))
+            .unwrap();
         let names: Vec<String> = r.entries().iter().map(|e| e.name.to_string()).collect();
         assert_eq!(names, ["echo", "second", "third"]);
         assert!(r.remove("echo"));
         assert!(!r.remove("echo"));
-        assert_eq!(resolve(&r, "echo-v1", ""), ("second".into(), "echo-v1".into()));
+        assert_eq!(
+            resolve(&r, "echo-v1", ""),
+            ("second".into(), "echo-v1".into())
+        );
         assert_eq!(resolve(&r, "auto", ""), ("second".into(), "m2".into()));
         assert!(r.get("third").is_some());
         assert_eq!(r.len(), 2);

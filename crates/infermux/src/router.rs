@@ -14,7 +14,9 @@ use futures_util::FutureExt;
 use crate::error::{Error, ErrorKind, ProviderError};
 use crate::provider::{CallContext, ChunkStream};
 use crate::registry::{Registry, Route};
-use crate::trace::{Id128, NoopSink, OPERATION, SpanAttrs, SpanSink, SpanStatus, TraceContext, TraceSpan, now_ns};
+use crate::trace::{
+    Id128, NoopSink, OPERATION, SpanAttrs, SpanSink, SpanStatus, TraceContext, TraceSpan, now_ns,
+};
 use crate::types::{InferChunk, InferRequest, InferResponse};
 use crate::validate::validate_request;
 
@@ -46,7 +48,9 @@ pub struct Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").field("registry", &self.registry).finish()
+        f.debug_struct("Router")
+            .field("registry", &self.registry)
+            .finish()
     }
 }
 
@@ -163,7 +167,11 @@ impl Router {
 
 /// Runs `fut` within `timeout`; dropping it (and so cancelling the provider call)
 /// when the time is up.
-async fn with_deadline<F: Future>(timeout: Option<Duration>, route: &Route, fut: F) -> Result<F::Output, Error> {
+async fn with_deadline<F: Future>(
+    timeout: Option<Duration>,
+    route: &Route,
+    fut: F,
+) -> Result<F::Output, Error> {
     match timeout {
         None => Ok(fut.await),
         Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| {
@@ -181,7 +189,10 @@ async fn with_deadline<F: Future>(timeout: Option<Duration>, route: &Route, fut:
 
 fn panicked(route: &Route) -> Error {
     tracing::error!(provider = %route.provider_name, "provider panicked; answering internal_error");
-    Error::internal(format!("provider \"{}\" failed unexpectedly", route.provider_name))
+    Error::internal(format!(
+        "provider \"{}\" failed unexpectedly",
+        route.provider_name
+    ))
 }
 
 /// The model name to show the caller: the one asked for, or for `auto` the one
@@ -325,12 +336,16 @@ impl Stream for RoutedStream {
         {
             let e = Error::new(
                 ErrorKind::Timeout,
-                format!("deadline elapsed while provider \"{}\" was streaming", this.provider),
+                format!(
+                    "deadline elapsed while provider \"{}\" was streaming",
+                    this.provider
+                ),
             );
             this.end(Err(&e));
             return Poll::Ready(Some(Err(e)));
         }
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll_next(cx)));
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll_next(cx)));
         let next = match polled {
             Ok(poll) => ready!(poll),
             Err(_) => {
@@ -364,5 +379,204 @@ impl Stream for RoutedStream {
                 Poll::Ready(None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::echo::EchoProvider;
+    use crate::testing::{FakeProvider, RecordingSink, Step};
+    use futures_util::StreamExt;
+
+    fn router_with(provider: Arc<dyn crate::Provider>) -> (Router, Arc<RecordingSink>) {
+        let registry = Registry::new();
+        registry.register(Arc::new(EchoProvider::new())).unwrap();
+        registry.register(provider).unwrap();
+        let sink = Arc::new(RecordingSink::default());
+        (Router::new(Arc::new(registry), sink.clone()), sink)
+    }
+
+    #[tokio::test]
+    async fn one_ok_span_per_successful_call() {
+        let (router, sink) = router_with(Arc::new(FakeProvider::new("fake", &["f"])));
+        let trace = TraceContext::from_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let ctx = RequestContext {
+            trace,
+            timeout: None,
+        };
+        let routed = router
+            .call(&InferRequest::prompt("echo-v1", "Hello"), &ctx)
+            .await
+            .unwrap();
+        assert_eq!(routed.response.content, "echo: Hello");
+        assert_eq!(routed.response.provider, "echo");
+        let spans = sink.spans();
+        assert_eq!(spans.len(), 1);
+        let s = &spans[0];
+        assert_eq!(s.status, SpanStatus::Ok);
+        assert_eq!(Some(s.trace_id), trace.map(|t| t.trace_id));
+        assert_eq!(s.parent_id, trace.and_then(|t| t.parent_id));
+        assert_eq!(s.span_id, routed.span_id);
+        assert_eq!((s.attrs.tokens_in, s.attrs.tokens_out), (1, 2));
+        assert_eq!(s.attrs.provider, "echo");
+        assert!(s.start_ns <= s.end_ns);
+    }
+
+    #[tokio::test]
+    async fn failures_before_the_provider_still_report_a_span() {
+        let (router, sink) = router_with(Arc::new(FakeProvider::new("fake", &["f"])));
+        let mut bad = InferRequest::prompt("echo-v1", "x");
+        bad.messages.clear();
+        assert_eq!(
+            router.infer(&bad).await.unwrap_err().kind(),
+            ErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            router
+                .infer(&InferRequest::prompt("nope", "x"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ModelNotFound
+        );
+        let spans = sink.spans();
+        assert_eq!(spans.len(), 2);
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.status == SpanStatus::Error && s.attrs.error.is_some())
+        );
+        assert_eq!(spans[1].attrs.model, "nope");
+        assert_eq!(spans[1].attrs.error_code, Some("model_not_found"));
+    }
+
+    #[tokio::test]
+    async fn the_provider_receives_the_trace_and_its_model() {
+        let fake = FakeProvider::new("fake", &["f"]);
+        let calls = fake.calls();
+        let (router, _sink) = router_with(Arc::new(fake));
+        let routed = router
+            .call(&InferRequest::prompt("f", "x"), &RequestContext::default())
+            .await
+            .unwrap();
+        let seen = calls.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, routed.trace.traceparent_for(routed.span_id));
+        assert_eq!(seen[0].1, "f");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_cancels_the_provider_call() {
+        let fake = FakeProvider::new("slow", &["s"]).then(Step::Sleep(
+            Duration::from_secs(2),
+            Box::new(Step::Reply("late".into())),
+        ));
+        let calls = fake.calls();
+        let (router, sink) = router_with(Arc::new(fake));
+        let ctx = RequestContext {
+            trace: None,
+            timeout: Some(Duration::from_millis(200)),
+        };
+        let e = router
+            .call(&InferRequest::prompt("s", "x"), &ctx)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert_eq!(calls.started(), 1);
+        assert_eq!(calls.cancelled(), 1, "the provider future was dropped");
+        assert_eq!(sink.spans()[0].attrs.error_code, Some("upstream_timeout"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_call_reports_a_cancelled_span() {
+        let fake = FakeProvider::new("slow", &["s"]).then(Step::Sleep(
+            Duration::from_secs(2),
+            Box::new(Step::Reply("late".into())),
+        ));
+        let calls = fake.calls();
+        let (router, sink) = router_with(Arc::new(fake));
+        let req = InferRequest::prompt("s", "x");
+        let ctx = RequestContext::default();
+        let call = router.call(&req, &ctx);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), call)
+                .await
+                .is_err()
+        );
+        assert_eq!(calls.cancelled(), 1);
+        let spans = sink.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].attrs.error_code, Some("cancelled"));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_provider_is_an_internal_error() {
+        let (router, sink) =
+            router_with(Arc::new(FakeProvider::new("bad", &["b"]).then(Step::Panic)));
+        let e = router
+            .infer(&InferRequest::prompt("b", "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert_eq!(sink.spans().len(), 1);
+        assert_eq!(
+            router
+                .infer(&InferRequest::prompt("echo-v1", "x"))
+                .await
+                .unwrap()
+                .content,
+            "echo: x"
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_are_labelled_and_report_their_span_at_the_end() {
+        let (router, sink) = router_with(Arc::new(FakeProvider::new("fake", &["f"])));
+        let stream = router
+            .call_stream(
+                &InferRequest::prompt("echo-v1", "Hello world"),
+                &RequestContext::default(),
+            )
+            .await
+            .unwrap();
+        assert!(sink.spans().is_empty(), "no span before the stream ends");
+        let chunks: Vec<InferChunk> = stream.map(|c| c.unwrap()).collect().await;
+        assert_eq!(
+            chunks.iter().map(|c| c.delta.as_str()).collect::<String>(),
+            "echo: Hello world"
+        );
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c.model == "echo-v1" && c.provider == "echo")
+        );
+        let spans = sink.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].status, SpanStatus::Ok);
+        assert_eq!(
+            (spans[0].attrs.tokens_in, spans[0].attrs.tokens_out),
+            (2, 4)
+        );
+        assert_eq!(spans[0].attrs.finish_reason, "stop");
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_midway_reports_a_cancelled_span() {
+        let (router, sink) = router_with(Arc::new(FakeProvider::new("fake", &["f"])));
+        let mut stream = router
+            .call_stream(
+                &InferRequest::prompt("echo-v1", "a b c"),
+                &RequestContext::default(),
+            )
+            .await
+            .unwrap();
+        stream.next().await.unwrap().unwrap();
+        drop(stream);
+        let spans = sink.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].attrs.error_code, Some("cancelled"));
     }
 }

@@ -174,7 +174,11 @@ impl Provider for FakeProvider {
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
         let resp = self.infer(ctx, req).await?;
-        let words: Vec<String> = resp.content.split_inclusive(' ').map(str::to_owned).collect();
+        let words: Vec<String> = resp
+            .content
+            .split_inclusive(' ')
+            .map(str::to_owned)
+            .collect();
         let n = words.len();
         let chunks = words.into_iter().enumerate().map(move |(i, delta)| {
             let last = i + 1 == n;
@@ -182,11 +186,17 @@ impl Provider for FakeProvider {
                 delta,
                 tokens_in: if last { resp.tokens_in } else { 0 },
                 tokens_out: if last { resp.tokens_out } else { 0 },
-                finish_reason: if last { resp.finish_reason.clone() } else { String::new() },
+                finish_reason: if last {
+                    resp.finish_reason.clone()
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             })
         });
-        Ok(Box::pin(futures_util::stream::iter(chunks.collect::<Vec<_>>())))
+        Ok(Box::pin(futures_util::stream::iter(
+            chunks.collect::<Vec<_>>(),
+        )))
     }
 }
 

@@ -6,7 +6,9 @@ use crate::types::{InferRequest, Role};
 /// Checks `req` against the protocol's rules; the error names the offending field.
 pub fn validate_request(req: &InferRequest) -> Result<(), Error> {
     if req.messages.is_empty() {
-        return Err(Error::invalid("messages: must contain at least one message"));
+        return Err(Error::invalid(
+            "messages: must contain at least one message",
+        ));
     }
     for (i, m) in req.messages.iter().enumerate() {
         if let Role::Other(role) = &m.role {
@@ -33,7 +35,9 @@ pub fn validate_request(req: &InferRequest) -> Result<(), Error> {
     if let Some(p) = req.params.top_p
         && !(0.0..=1.0).contains(&p)
     {
-        return Err(Error::invalid(format!("params.top_p: {p} is outside [0, 1]")));
+        return Err(Error::invalid(format!(
+            "params.top_p: {p} is outside [0, 1]"
+        )));
     }
     Ok(())
 }
@@ -54,8 +58,8 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{ChatMessage, Params};
     use crate::ErrorKind;
+    use crate::types::{ChatMessage, Params};
 
     fn req() -> InferRequest {
         InferRequest::prompt("echo-v1", "hi")
@@ -90,7 +94,8 @@ mod tests {
     #[test]
     fn rejects_bad_role_naming_the_index() {
         let mut r = req();
-        r.messages.push(ChatMessage::new(Role::Other("bot".into()), "x"));
+        r.messages
+            .push(ChatMessage::new(Role::Other("bot".into()), "x"));
         assert!(err(&r).starts_with("messages[1].role: unknown role \"bot\""));
     }
 

@@ -23,8 +23,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     runtime.block_on(async move {
         let (spans, reporter): (Arc<dyn SpanSink>, _) = match args.tokentrace.as_deref() {
             Some(url) if !url.is_empty() => {
-                let (reporter, task) =
-                    Reporter::spawn(ReporterConfig::new(url)).map_err(|e| format!("--tokentrace: {e}"))?;
+                let (reporter, task) = Reporter::spawn(ReporterConfig::new(url))
+                    .map_err(|e| format!("--tokentrace: {e}"))?;
                 tracing::info!(url, "reporting spans to TokenTrace");
                 (Arc::new(reporter), Some(task))
             }
@@ -34,7 +34,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let providers: Vec<String> = registry.entries().iter().map(|e| e.name.to_string()).collect();
+        let providers: Vec<String> = registry
+            .entries()
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
         tracing::info!(addr = %local, providers = ?providers, "infermux HTTP server listening");
         let app = infermux_http::app(Router::new(registry, spans));
         infermux_http::serve(

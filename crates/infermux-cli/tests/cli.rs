@@ -1,0 +1,222 @@
+//! The built `infermux` binary, run as a user would.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn infermux() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infermux"));
+    // A clean environment for the flags under test, in an empty directory so
+    // that no ./infermux.yml is picked up.
+    for var in [
+        "INFERMUX_CONFIG",
+        "INFERMUX_ADDR",
+        "INFERMUX_TOKENTRACE",
+        "INFERMUX_LOG_LEVEL",
+        "INFERMUX_LOG_FORMAT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(std::env::temp_dir());
+    cmd
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = infermux().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn infer_prints_the_echo_reply() {
+    let (code, stdout, stderr) = run(&["infer", "--model", "echo-v1", "--prompt", "Hello world"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "echo: Hello world\n");
+}
+
+#[test]
+fn infer_json_prints_the_whole_response() {
+    let (code, stdout, _) = run(&["infer", "--model", "echo-v1", "--prompt", "Hello", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["content"], "echo: Hello");
+    assert_eq!(v["provider"], "echo");
+    assert_eq!(v["model"], "echo-v1");
+    assert_eq!(v["tokens_in"], 1);
+    assert_eq!(v["tokens_out"], 2);
+    assert_eq!(v["cost_usd"], 0.00003);
+    assert_eq!(v["finish_reason"], "stop");
+}
+
+#[test]
+fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["infer", "--model", "gpt-9", "--prompt", "x"],
+            1,
+            "model_not_found",
+        ),
+        (
+            &[
+                "infer",
+                "--model",
+                "echo-v1",
+                "--prompt",
+                "x",
+                "--provider",
+                "nope",
+            ],
+            1,
+            "\"nope\"",
+        ),
+        (
+            &[
+                "infer",
+                "--model",
+                "echo-v1",
+                "--prompt",
+                "x",
+                "--config",
+                "/no/such.yml",
+            ],
+            1,
+            "/no/such.yml",
+        ),
+        (&["serve", "--addr", "8600"], 1, "--addr \"8600\""),
+        (&["serve", "--grace-period", "soon"], 2, "soon"),
+        (&["infer", "--model", "echo-v1"], 2, "--prompt"),
+        (&["frobnicate"], 2, "frobnicate"),
+        (
+            &[
+                "infer",
+                "--model",
+                "echo-v1",
+                "--prompt",
+                "x",
+                "--log-level",
+                "[[[",
+            ],
+            2,
+            "--log-level",
+        ),
+    ];
+    for (args, want_code, want_text) in cases {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, *want_code, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(stderr.contains(want_text), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let (code, stdout, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("infermux "));
+    let (code, stdout, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for word in ["serve", "infer"] {
+        assert!(stdout.contains(word), "{stdout}");
+    }
+}
+
+/// A running `infermux serve`, stopped with SIGTERM when dropped.
+struct Served {
+    child: Child,
+    addr: String,
+}
+
+impl Served {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
+        let mut child = infermux()
+            .arg("serve")
+            .args(args)
+            .args(["--log-format", "json"])
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not say where it listens"
+            );
+            let line = lines.next().expect("server exited early").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(addr) = v["addr"].as_str() {
+                break addr.to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Served { child, addr }
+    }
+
+    fn terminate(&mut self) -> i32 {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn post_infer(addr: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/infer"))
+            .json(&serde_json::json!({"model": "echo-v1", "messages": [{"role": "user", "content": "Hello"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    })
+}
+
+#[test]
+fn serve_answers_and_exits_cleanly_on_sigterm() {
+    let mut served = Served::start(&["--addr", "127.0.0.1:0"], &[]);
+    assert_eq!(post_infer(&served.addr)["content"], "echo: Hello");
+    assert_eq!(served.terminate(), 0);
+}
+
+#[test]
+fn serve_takes_its_address_from_the_environment() {
+    let mut served = Served::start(&[], &[("INFERMUX_ADDR", "127.0.0.1:0")]);
+    assert!(served.addr.starts_with("127.0.0.1:"), "{}", served.addr);
+    assert_eq!(post_infer(&served.addr)["provider"], "echo");
+    assert_eq!(served.terminate(), 0);
+}
