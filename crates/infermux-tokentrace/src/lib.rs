@@ -8,7 +8,7 @@
 //! counts are logged (rate-limited) and readable through [`Reporter::stats`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use infermux::envelope::{self, MessageType};
@@ -61,6 +61,8 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// Sent but not accepted: connection error, timeout or non-2xx answer.
     pub failed: AtomicU64,
+    /// Sends that failed in a row; non-zero means TokenTrace looks down.
+    consecutive_failures: AtomicU32,
     last_warning_ms: AtomicU64,
 }
 
@@ -166,6 +168,15 @@ impl SpanSink for Reporter {
     }
 }
 
+/// How long to wait before the next send after `failures` failures in a row:
+/// 100 ms doubling up to 5 s. While it waits, the queue fills and new spans are
+/// dropped (and counted), so a dead TokenTrace costs no connection attempts per
+/// request.
+fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_millis(100u64 << exp).min(Duration::from_secs(5))
+}
+
 impl ReporterTask {
     /// Stops taking new spans, sends those already queued, and waits for the
     /// sends in flight, for at most `timeout`.
@@ -199,6 +210,14 @@ impl Sender {
                     Some(span) => self.send(span).await,
                     None => break,
                 },
+            }
+            let failures = self.stats.consecutive_failures.load(Ordering::Relaxed);
+            if failures > 0 {
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    () = tokio::time::sleep(backoff(failures)) => {}
+                }
             }
         }
         // Flush what is already queued, then wait for every send in flight.
@@ -242,8 +261,10 @@ impl Sender {
             match outcome {
                 Ok(()) => {
                     stats.sent.fetch_add(1, Ordering::Relaxed);
+                    stats.consecutive_failures.store(0, Ordering::Relaxed);
                 }
                 Err(reason) => {
+                    stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
                     let failed = stats.failed.fetch_add(1, Ordering::Relaxed) + 1;
                     if stats.should_warn(epoch) {
                         tracing::warn!(
@@ -255,5 +276,19 @@ impl Sender {
             }
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_seconds() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(6), Duration::from_millis(3200));
+        assert_eq!(backoff(7), Duration::from_secs(5));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(5));
     }
 }
