@@ -220,3 +220,40 @@ fn serve_takes_its_address_from_the_environment() {
     assert_eq!(post_infer(&served.addr)["provider"], "echo");
     assert_eq!(served.terminate(), 0);
 }
+
+/// The README's `curl` examples, run against a real server, so they cannot rot.
+#[test]
+fn readme_curl_examples_work() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut current = String::new();
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        if current.is_empty() && !line.starts_with("curl ") {
+            continue;
+        }
+        current.push_str(line.trim_end_matches('\\'));
+        current.push(' ');
+        if !line.ends_with('\\') {
+            commands.push(std::mem::take(&mut current));
+        }
+    }
+    assert!(commands.len() >= 5, "found {commands:?}");
+    let mut served = Served::start(&["--addr", "127.0.0.1:0"], &[]);
+    for cmd in &commands {
+        let cmd = cmd.replace("localhost:8600", &served.addr);
+        let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+        assert!(out.status.success(), "{cmd}");
+        let body = String::from_utf8(out.stdout).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{cmd}: {body}"));
+        assert!(v.get("error").is_none(), "{cmd}: {body}");
+    }
+    assert_eq!(served.terminate(), 0);
+}

@@ -45,3 +45,8 @@ pub fn app(router: Router) -> axum::Router {
         ))
         .with_state(state)
 }
+
+/// The README's Rust examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
