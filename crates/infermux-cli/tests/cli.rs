@@ -224,7 +224,8 @@ fn serve_takes_its_address_from_the_environment() {
 /// The README's `curl` examples, run against a real server, so they cannot rot.
 #[test]
 fn readme_curl_examples_work() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let mut commands = Vec::new();
     let mut in_sh = false;
     let mut current = String::new();
@@ -252,7 +253,8 @@ fn readme_curl_examples_work() {
         let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
         assert!(out.status.success(), "{cmd}");
         let body = String::from_utf8(out.stdout).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{cmd}: {body}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{cmd}: {body}"));
         assert!(v.get("error").is_none(), "{cmd}: {body}");
     }
     assert_eq!(served.terminate(), 0);

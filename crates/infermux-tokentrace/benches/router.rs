@@ -27,23 +27,34 @@ fn bench(c: &mut Criterion) {
 
     let plain = Router::without_spans(registry());
     c.bench_function("router/echo/spans_off", |b| {
-        b.to_async(&rt).iter(|| async { plain.call(&req, &ctx).await.expect("call") })
+        b.to_async(&rt)
+            .iter(|| async { plain.call(&req, &ctx).await.expect("call") })
     });
 
     let collector_url = rt.block_on(async {
-        let app = axum::Router::new().route("/mist", post(|| async { axum::http::StatusCode::ACCEPTED }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app =
+            axum::Router::new().route("/mist", post(|| async { axum::http::StatusCode::ACCEPTED }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         url
     });
-    let (reporter, _task) = rt.block_on(async { Reporter::spawn(ReporterConfig::new(collector_url)).expect("reporter") });
+    let (reporter, _task) = rt
+        .block_on(async { Reporter::spawn(ReporterConfig::new(collector_url)).expect("reporter") });
     let stats = reporter.stats().clone();
     let traced = Router::new(registry(), Arc::new(reporter));
     c.bench_function("router/echo/spans_on", |b| {
-        b.to_async(&rt).iter(|| async { traced.call(&req, &ctx).await.expect("call") })
+        b.to_async(&rt)
+            .iter(|| async { traced.call(&req, &ctx).await.expect("call") })
     });
-    eprintln!("spans sent {}, dropped {}, failed {}", stats.sent(), stats.dropped(), stats.failed());
+    eprintln!(
+        "spans sent {}, dropped {}, failed {}",
+        stats.sent(),
+        stats.dropped(),
+        stats.failed()
+    );
 }
 
 criterion_group!(benches, bench);
