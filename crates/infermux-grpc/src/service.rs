@@ -1,0 +1,103 @@
+//! The InferMuxService handlers: extract → Router → render.
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use infermux::router::RequestContext;
+use infermux::{Router, TraceContext};
+use infermux_proto::v1 as pb;
+use pb::infer_mux_service_server::InferMuxService;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, status_of};
+
+/// The gRPC service over a [`Router`].
+#[derive(Debug, Clone)]
+pub struct InferMuxGrpc {
+    router: Router,
+}
+
+impl InferMuxGrpc {
+    pub fn new(router: Router) -> Self {
+        InferMuxGrpc { router }
+    }
+
+    /// The generated tonic server for this service, with the message size limits
+    /// set to the protocol's 10 MiB.
+    pub fn into_server(self) -> pb::infer_mux_service_server::InferMuxServiceServer<Self> {
+        pb::infer_mux_service_server::InferMuxServiceServer::new(self)
+            .max_decoding_message_size(infermux::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(infermux::MAX_MESSAGE_SIZE)
+    }
+}
+
+/// The caller's trace (`traceparent`) and deadline (`grpc-timeout`).
+fn context(metadata: &MetadataMap) -> RequestContext {
+    let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+    RequestContext {
+        trace: text("traceparent").and_then(TraceContext::from_traceparent),
+        timeout: text("grpc-timeout").and_then(convert::grpc_timeout),
+    }
+}
+
+/// Names the serving provider in the response metadata (and so in the RPC log).
+fn label<T>(resp: &mut Response<T>, provider: &str) {
+    if let Ok(v) = MetadataValue::try_from(provider) {
+        resp.metadata_mut().insert("x-infermux-provider", v);
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::InferChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl InferMuxService for InferMuxGrpc {
+    async fn infer(&self, request: Request<pb::InferRequest>) -> Result<Response<pb::InferResponse>, Status> {
+        let ctx = context(request.metadata());
+        let req = convert::request(request.into_inner());
+        let routed = self.router.call(&req, &ctx).await.map_err(|e| status_of(&e))?;
+        let provider = routed.response.provider.clone();
+        let mut resp = Response::new(convert::response(routed.response));
+        label(&mut resp, &provider);
+        Ok(resp)
+    }
+
+    type InferStreamStream = ChunkStream;
+
+    /// Chunks are forwarded as the provider yields them; a client that goes away
+    /// drops the stream, which cancels the provider call.
+    async fn infer_stream(&self, request: Request<pb::InferRequest>) -> Result<Response<ChunkStream>, Status> {
+        let ctx = context(request.metadata());
+        let req = convert::request(request.into_inner());
+        let stream = self.router.call_stream(&req, &ctx).await.map_err(|e| status_of(&e))?;
+        let provider = stream.provider.clone();
+        let chunks: ChunkStream = Box::pin(stream.map(|item| match item {
+            Ok(c) => Ok(convert::chunk(c)),
+            Err(e) => Err(status_of(&e)),
+        }));
+        let mut resp = Response::new(chunks);
+        label(&mut resp, &provider);
+        Ok(resp)
+    }
+
+    async fn list_providers(
+        &self,
+        _request: Request<pb::ListProvidersRequest>,
+    ) -> Result<Response<pb::ListProvidersResponse>, Status> {
+        let providers = self
+            .router
+            .registry()
+            .entries()
+            .iter()
+            .map(|e| {
+                let mut models = e.provider.models().to_vec();
+                models.extend(e.aliases.iter().map(|(alias, _)| alias.clone()));
+                pb::ProviderInfo {
+                    name: e.name.to_string(),
+                    models,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListProvidersResponse { providers }))
+    }
+}
