@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API (MIST-native and management endpoints).
     Serve(ServeArgs),
+    /// Serve the gRPC API (infermux.v1.InferMuxService, health, reflection).
+    ServeGrpc(ServeGrpcArgs),
     /// Route one prompt and print the reply.
     Infer(InferArgs),
 }
@@ -70,6 +72,38 @@ pub struct ServeArgs {
     /// How long in-flight requests may run after SIGINT/SIGTERM (e.g. 30s, 500ms).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub grace_period: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeGrpcArgs {
+    /// Listen address: HOST:PORT, or :PORT for all interfaces [default: :8601].
+    #[arg(long, env = "INFERMUX_ADDR")]
+    pub addr: Option<String>,
+
+    /// Config file [default: ./infermux.yml when present].
+    #[arg(long, env = "INFERMUX_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// TokenTrace base URL; spans are POSTed to {URL}/mist. Reporting is off without it.
+    #[arg(long, env = "INFERMUX_TOKENTRACE")]
+    pub tokentrace: Option<String>,
+
+    /// After SIGINT/SIGTERM: how long health reports NOT_SERVING while new RPCs
+    /// are still accepted (lets load balancers move traffic away first).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
+    /// Then: how long in-flight RPCs may run before the server exits.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace_period: Duration,
+
+    /// Interval of the server's keepalive pings on each connection (0s = off).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// A connection whose keepalive ping is not answered in this time is closed.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use infermux::{EchoProvider, Registry};
+use infermux::{EchoProvider, NoopSink, Registry, SpanSink};
+use infermux_tokentrace::{Reporter, ReporterConfig, ReporterTask};
 
 /// The config file that applies: `--config` / `INFERMUX_CONFIG`, else
 /// `./infermux.yml` when it exists.
@@ -32,6 +33,61 @@ pub fn registry(config: Option<&Path>) -> Result<Arc<Registry>, String> {
         .register(Arc::new(EchoProvider::new()))
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(registry))
+}
+
+/// Where spans go: the TokenTrace reporter when a URL is given, else nowhere.
+/// Must be called inside the Tokio runtime (it spawns the sender).
+pub fn spans(
+    tokentrace: Option<&str>,
+) -> Result<(Arc<dyn SpanSink>, Option<ReporterTask>), String> {
+    match tokentrace {
+        Some(url) if !url.is_empty() => {
+            let (reporter, task) = Reporter::spawn(ReporterConfig::new(url))
+                .map_err(|e| format!("--tokentrace: {e}"))?;
+            tracing::info!(url, "reporting spans to TokenTrace");
+            Ok((Arc::new(reporter), Some(task)))
+        }
+        _ => Ok((Arc::new(NoopSink), None)),
+    }
+}
+
+/// Binds `addr`, with an error that names it.
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// A multi-threaded runtime for the servers.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C only where there are no Unix signals).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
 }
 
 /// Normalizes a listen address: Go-style `:8600` means every interface.

@@ -190,24 +190,46 @@ impl Client {
 
     /// Routes one request and streams the reply; the last chunk carries usage,
     /// cost and finish reason. Opening the stream is retried like a unary call.
-    pub async fn infer_stream(&self, request: pb::InferRequest) -> Result<Streaming<pb::InferChunk>, ClientError> {
-        self.retrying(self.stream_timeout, |mut client, req| async move {
-            client.infer_stream(req).await.map(tonic::Response::into_inner)
-        }, &request)
+    pub async fn infer_stream(
+        &self,
+        request: pb::InferRequest,
+    ) -> Result<Streaming<pb::InferChunk>, ClientError> {
+        self.retrying(
+            self.stream_timeout,
+            |mut client, req| async move {
+                client
+                    .infer_stream(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+            },
+            &request,
+        )
         .await
     }
 
     /// The providers and their models, in registration order.
     pub async fn list_providers(&self) -> Result<Vec<pb::ProviderInfo>, ClientError> {
-        self.retrying(Some(self.timeout), |mut client, req| async move {
-            client.list_providers(req).await.map(|r| r.into_inner().providers)
-        }, &pb::ListProvidersRequest {})
+        self.retrying(
+            Some(self.timeout),
+            |mut client, req| async move {
+                client
+                    .list_providers(req)
+                    .await
+                    .map(|r| r.into_inner().providers)
+            },
+            &pb::ListProvidersRequest {},
+        )
         .await
     }
 
     /// Runs `call` until it succeeds, fails with a code other than UNAVAILABLE,
     /// runs out of attempts, or runs out of time.
-    async fn retrying<M, T, F, Fut>(&self, timeout: Option<Duration>, call: F, message: &M) -> Result<T, ClientError>
+    async fn retrying<M, T, F, Fut>(
+        &self,
+        timeout: Option<Duration>,
+        call: F,
+        message: &M,
+    ) -> Result<T, ClientError>
     where
         M: Clone,
         F: Fn(InferMuxServiceClient<Channel>, tonic::Request<M>) -> Fut,
@@ -224,12 +246,23 @@ impl Client {
                     req.set_timeout(left);
                     // The server enforces the deadline; this bounds a server
                     // that does not answer at all.
-                    tokio::time::timeout(left + Duration::from_millis(50), call(self.inner.clone(), req))
-                        .await
-                        .unwrap_or_else(|_| Err(deadline_exceeded()))
+                    tokio::time::timeout(
+                        left + Duration::from_millis(50),
+                        call(self.inner.clone(), req),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(deadline_exceeded()))
                 }
                 None => call(self.inner.clone(), req).await,
             };
+            // tonic's channel enforces the same `grpc-timeout` locally and reports
+            // its expiry as CANCELLED; past our deadline, that is DEADLINE_EXCEEDED.
+            let outcome = outcome.map_err(|s| match deadline {
+                Some(d) if s.code() == Code::Cancelled && Instant::now() >= d => {
+                    deadline_exceeded()
+                }
+                _ => s,
+            });
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(s) if s.code() == Code::Unavailable && attempt < self.retry.max_attempts => {
@@ -260,7 +293,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_100ms_to_1s() {
-        let p = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
         let waits: Vec<u128> = (1..=6).map(|a| p.backoff(a).as_millis()).collect();
         assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
     }
@@ -270,7 +306,10 @@ mod tests {
         let p = RetryPolicy::default();
         for _ in 0..1000 {
             let w = p.backoff(1);
-            assert!(w >= Duration::from_millis(100) && w <= Duration::from_millis(120), "{w:?}");
+            assert!(
+                w >= Duration::from_millis(100) && w <= Duration::from_millis(120),
+                "{w:?}"
+            );
             assert!(p.backoff(5) <= Duration::from_secs(1));
         }
     }

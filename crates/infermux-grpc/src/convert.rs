@@ -8,7 +8,10 @@ use tonic::{Code, Status};
 
 /// The gRPC status for a core error: code from the error table, public message.
 pub fn status_of(e: &Error) -> Status {
-    Status::new(Code::from_i32(e.disposition().grpc_code as i32), e.message())
+    Status::new(
+        Code::from_i32(e.disposition().grpc_code as i32),
+        e.message(),
+    )
 }
 
 pub(crate) fn request(req: pb::InferRequest) -> InferRequest {
@@ -93,7 +96,10 @@ mod tests {
         assert_eq!(grpc_timeout("200m"), Some(Duration::from_millis(200)));
         assert_eq!(grpc_timeout("1S"), Some(Duration::from_secs(1)));
         assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(
+            grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
         for bad in ["", "m", "10", "1x", "123456789S", "-1S", "1.5S"] {
             assert_eq!(grpc_timeout(bad), None, "{bad}");
         }
@@ -111,7 +117,10 @@ mod tests {
             (ErrorKind::RateLimited, Code::ResourceExhausted),
             (ErrorKind::Unauthorized, Code::Unauthenticated),
             (ErrorKind::Internal, Code::Internal),
-            (ErrorKind::UpstreamRejected { status: 403 }, Code::PermissionDenied),
+            (
+                ErrorKind::UpstreamRejected { status: 403 },
+                Code::PermissionDenied,
+            ),
         ];
         for (kind, code) in cases {
             let s = status_of(&Error::new(kind, "m"));
@@ -124,7 +133,10 @@ mod tests {
     fn requests_convert_with_roles_checked_later() {
         let req = request(pb::InferRequest {
             model: "m".into(),
-            messages: vec![pb::ChatMessage { role: "robot".into(), content: "x".into() }],
+            messages: vec![pb::ChatMessage {
+                role: "robot".into(),
+                content: "x".into(),
+            }],
             temperature: Some(0.5),
             max_tokens: Some(-1),
             provider: "p".into(),

@@ -1,4 +1,6 @@
 //! One structured log line per RPC: method, gRPC code, latency, provider.
+//! The layer also puts the one status tonic gets wrong right (see
+//! [`too_large_is_resource_exhausted`]) so that the log shows what the client gets.
 //!
 //! The code of a successful or streaming RPC is only known from the trailers, so
 //! the line is written when the response body ends (or is dropped, which means
@@ -55,7 +57,8 @@ where
         };
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let resp = fut.await?;
+            let mut resp = fut.await?;
+            too_large_is_resource_exhausted(resp.headers_mut());
             entry.provider = resp
                 .headers()
                 .get("x-infermux-provider")
@@ -66,6 +69,19 @@ where
             entry.code = grpc_status(resp.headers());
             Ok(resp.map(|inner| LoggedBody { inner, entry }))
         })
+    }
+}
+
+/// tonic answers OUT_OF_RANGE for a request over the message size limit; the
+/// contract says RESOURCE_EXHAUSTED, as gRPC's reference implementations do.
+fn too_large_is_resource_exhausted(headers: &mut HeaderMap) {
+    let over_limit = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.contains("message%20length%20too%20large"));
+    if over_limit {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
 }
 
@@ -107,7 +123,10 @@ impl<B: Body + Unpin> Body for LoggedBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

@@ -60,7 +60,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
-    health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(infermux_proto::FILE_DESCRIPTOR_SET)
@@ -129,8 +131,14 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("listener closed; finishing in-flight RPCs");
-    if tokio::time::timeout(options.grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_ms = options.grace.as_millis() as u64, "grace period elapsed; dropping the remaining RPCs");
+    if tokio::time::timeout(options.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = options.grace.as_millis() as u64,
+            "grace period elapsed; dropping the remaining RPCs"
+        );
     }
     Ok(())
 }
@@ -147,7 +155,9 @@ async fn until(sleep: Option<&mut std::pin::Pin<Box<tokio::time::Sleep>>>) {
 fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response<tonic::body::Body> {
     tracing::error!("an RPC handler panicked; answering INTERNAL");
     let mut resp = tonic::Status::internal("internal error").into_http::<tonic::body::Body>();
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     resp
 }

@@ -52,10 +52,17 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::InferChunk, Status>> + S
 
 #[tonic::async_trait]
 impl InferMuxService for InferMuxGrpc {
-    async fn infer(&self, request: Request<pb::InferRequest>) -> Result<Response<pb::InferResponse>, Status> {
+    async fn infer(
+        &self,
+        request: Request<pb::InferRequest>,
+    ) -> Result<Response<pb::InferResponse>, Status> {
         let ctx = context(request.metadata());
         let req = convert::request(request.into_inner());
-        let routed = self.router.call(&req, &ctx).await.map_err(|e| status_of(&e))?;
+        let routed = self
+            .router
+            .call(&req, &ctx)
+            .await
+            .map_err(|e| status_of(&e))?;
         let provider = routed.response.provider.clone();
         let mut resp = Response::new(convert::response(routed.response));
         label(&mut resp, &provider);
@@ -66,10 +73,17 @@ impl InferMuxService for InferMuxGrpc {
 
     /// Chunks are forwarded as the provider yields them; a client that goes away
     /// drops the stream, which cancels the provider call.
-    async fn infer_stream(&self, request: Request<pb::InferRequest>) -> Result<Response<ChunkStream>, Status> {
+    async fn infer_stream(
+        &self,
+        request: Request<pb::InferRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
         let ctx = context(request.metadata());
         let req = convert::request(request.into_inner());
-        let stream = self.router.call_stream(&req, &ctx).await.map_err(|e| status_of(&e))?;
+        let stream = self
+            .router
+            .call_stream(&req, &ctx)
+            .await
+            .map_err(|e| status_of(&e))?;
         let provider = stream.provider.clone();
         let chunks: ChunkStream = Box::pin(stream.map(|item| match item {
             Ok(c) => Ok(convert::chunk(c)),

@@ -8,7 +8,8 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of the proto, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/infermux_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/infermux_descriptor.bin"));
 
 /// The fully qualified service name.
 pub const SERVICE_NAME: &str = "infermux.v1.InferMuxService";

@@ -2,6 +2,7 @@
 
 mod infer;
 mod serve;
+mod serve_grpc;
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use crate::cli::Command;
 pub fn run(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Serve(args) => serve::run(args),
+        Command::ServeGrpc(args) => serve_grpc::run(args),
         Command::Infer(args) => infer::run(args),
     }
 }
