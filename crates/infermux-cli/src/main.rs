@@ -12,10 +12,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if let Err(e) = logging::init(&cli.log) {
-        eprintln!("infermux: error: {e}");
-        return ExitCode::from(2);
-    }
+    let _log_guard = match logging::init(&cli.log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("infermux: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match commands::run(cli.command) {
         Ok(code) => code,
         Err(e) => {
