@@ -136,8 +136,12 @@ struct Served {
 
 impl Served {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
+        Served::start_command("serve", args, env)
+    }
+
+    fn start_command(command: &str, args: &[&str], env: &[(&str, &str)]) -> Served {
         let mut child = infermux()
-            .arg("serve")
+            .arg(command)
             .args(args)
             .args(["--log-format", "json"])
             .envs(env.iter().copied())
@@ -257,5 +261,84 @@ fn readme_curl_examples_work() {
             serde_json::from_str(&body).unwrap_or_else(|_| panic!("{cmd}: {body}"));
         assert!(v.get("error").is_none(), "{cmd}: {body}");
     }
+    assert_eq!(served.terminate(), 0);
+}
+
+/// A Python virtualenv with the official gRPC packages, made once per target dir.
+fn interop_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 is needed for the interop test");
+        assert!(status.success(), "python3 -m venv failed");
+        let requirements = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/interop/requirements.txt"
+        );
+        let status = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+                requirements,
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "pip install of the interop requirements failed"
+        );
+    }
+    python
+}
+
+/// The official gRPC Python client explores `serve-grpc` by reflection alone
+/// (as grpcurl does) and calls every method, the error codes and health.
+#[test]
+fn python_grpc_client_works_through_reflection() {
+    let python = interop_python();
+    let mut served = Served::start_command("serve-grpc", &["--addr", "127.0.0.1:0"], &[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/interop/grpc_reflection_client.py"
+    );
+    let out = Command::new(python)
+        .arg(script)
+        .arg(&served.addr)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("interop: 0 failed"), "{stdout}");
+    assert_eq!(served.terminate(), 0);
+}
+
+#[test]
+fn serve_grpc_answers_the_rust_client_and_drains_on_sigterm() {
+    let mut served = Served::start_command("serve-grpc", &["--addr", "127.0.0.1:0"], &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt.block_on(async {
+        let client = infermux_client::Client::connect(format!("http://{}", served.addr))
+            .await
+            .unwrap();
+        client.prompt("echo-v1", "Hello world").await.unwrap()
+    });
+    // Close the client's connection: an HTTP/2 peer that never answers the
+    // server's GOAWAY ping would hold the drain until --grace-period.
+    drop(rt);
+    assert_eq!(res.content, "echo: Hello world");
+    assert_eq!(res.provider, "echo");
     assert_eq!(served.terminate(), 0);
 }
