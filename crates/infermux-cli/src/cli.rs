@@ -55,9 +55,11 @@ pub enum LogFormat {
     Json,
 }
 
+/// What both servers take: where to listen, what to route to, where spans go.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Listen address: HOST:PORT, or :PORT for all interfaces [default: :8600].
+pub struct ServerArgs {
+    /// Listen address: HOST:PORT, or :PORT for all interfaces
+    /// [default: :8600 for serve, :8601 for serve-grpc].
     #[arg(long, env = "INFERMUX_ADDR")]
     pub addr: Option<String>,
 
@@ -68,6 +70,12 @@ pub struct ServeArgs {
     /// TokenTrace base URL; spans are POSTed to {URL}/mist. Reporting is off without it.
     #[arg(long, env = "INFERMUX_TOKENTRACE")]
     pub tokentrace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// How long in-flight requests may run after SIGINT/SIGTERM (e.g. 30s, 500ms).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -76,17 +84,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeGrpcArgs {
-    /// Listen address: HOST:PORT, or :PORT for all interfaces [default: :8601].
-    #[arg(long, env = "INFERMUX_ADDR")]
-    pub addr: Option<String>,
-
-    /// Config file [default: ./infermux.yml when present].
-    #[arg(long, env = "INFERMUX_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// TokenTrace base URL; spans are POSTed to {URL}/mist. Reporting is off without it.
-    #[arg(long, env = "INFERMUX_TOKENTRACE")]
-    pub tokentrace: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// After SIGINT/SIGTERM: how long health reports NOT_SERVING while new RPCs
     /// are still accepted (lets load balancers move traffic away first).

@@ -5,8 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use infermux::{EchoProvider, NoopSink, Registry, SpanSink};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use infermux::{EchoProvider, NoopSink, Registry, Router, SpanSink};
 use infermux_tokentrace::{Reporter, ReporterConfig, ReporterTask};
+
+use crate::cli::ServerArgs;
 
 /// The config file that applies: `--config` / `INFERMUX_CONFIG`, else
 /// `./infermux.yml` when it exists.
@@ -33,6 +38,46 @@ pub fn registry(config: Option<&Path>) -> Result<Arc<Registry>, String> {
         .register(Arc::new(EchoProvider::new()))
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(registry))
+}
+
+/// Runs one server: builds the registry, the span reporter and the listener from
+/// `args`, hands the listener and a router to `serve`, and flushes spans after
+/// it returns. `kind` names the server in logs; `default_addr` applies when no
+/// address is given.
+pub fn run_server<F, Fut>(
+    args: &ServerArgs,
+    kind: &str,
+    default_addr: &str,
+    serve: F,
+) -> Result<ExitCode, String>
+where
+    F: FnOnce(tokio::net::TcpListener, Router) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    /// How long queued spans may take to reach TokenTrace on shutdown.
+    const SPAN_FLUSH: Duration = Duration::from_secs(2);
+
+    let registry = registry(args.config.as_deref())?;
+    let addr = listen_addr(args.addr.as_deref(), default_addr)?;
+    runtime()?.block_on(async move {
+        let (spans, reporter) = spans(args.tokentrace.as_deref())?;
+        let listener = bind(&addr).await?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let providers: Vec<String> = registry
+            .entries()
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
+        tracing::info!(addr = %local, providers = ?providers, "infermux {kind} server listening");
+        serve(listener, Router::new(registry, spans))
+            .await
+            .map_err(|e| format!("server error: {e}"))?;
+        if let Some(task) = reporter {
+            task.shutdown(SPAN_FLUSH).await;
+        }
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Where spans go: the TokenTrace reporter when a URL is given, else nowhere.

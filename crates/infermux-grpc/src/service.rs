@@ -103,13 +103,9 @@ impl InferMuxService for InferMuxGrpc {
             .registry()
             .entries()
             .iter()
-            .map(|e| {
-                let mut models = e.provider.models().to_vec();
-                models.extend(e.aliases.iter().map(|(alias, _)| alias.clone()));
-                pb::ProviderInfo {
-                    name: e.name.to_string(),
-                    models,
-                }
+            .map(|e| pb::ProviderInfo {
+                name: e.name.to_string(),
+                models: e.routable_models(),
             })
             .collect();
         Ok(Response::new(pb::ListProvidersResponse { providers }))

@@ -108,13 +108,9 @@ pub async fn providers(State(state): Shared) -> Response {
         .registry()
         .entries()
         .iter()
-        .map(|e| {
-            let mut models = e.provider.models().to_vec();
-            models.extend(e.aliases.iter().map(|(alias, _)| alias.clone()));
-            ProviderInfo {
-                name: e.name.to_string(),
-                models,
-            }
+        .map(|e| ProviderInfo {
+            name: e.name.to_string(),
+            models: e.routable_models(),
         })
         .collect();
     axum::Json(ProviderList { providers }).into_response()

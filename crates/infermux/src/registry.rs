@@ -20,6 +20,16 @@ pub struct Entry {
     pub aliases: Vec<(String, String)>,
 }
 
+impl Entry {
+    /// Every model name callers may use with this provider: its models, then
+    /// its aliases.
+    pub fn routable_models(&self) -> Vec<String> {
+        let mut models = self.provider.models().to_vec();
+        models.extend(self.aliases.iter().map(|(alias, _)| alias.clone()));
+        models
+    }
+}
+
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Entry")
