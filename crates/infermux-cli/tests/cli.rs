@@ -132,6 +132,8 @@ fn version_and_help() {
 struct Served {
     child: Child,
     addr: String,
+    /// The server's log lines (JSON), as they arrive.
+    logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Served {
@@ -163,9 +165,17 @@ impl Served {
                 break addr.to_owned();
             }
         };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Served { child, addr }
+        // Keep reading stderr so the server never blocks on a full pipe.
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    kept.lock().unwrap().push(v);
+                }
+            }
+        });
+        Served { child, addr, logs }
     }
 
     fn terminate(&mut self) -> i32 {
@@ -341,4 +351,26 @@ fn serve_grpc_answers_the_rust_client_and_drains_on_sigterm() {
     assert_eq!(res.content, "echo: Hello world");
     assert_eq!(res.provider, "echo");
     assert_eq!(served.terminate(), 0);
+    // One structured line per RPC: method, code, latency, provider.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !served
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"] == "stopped")
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let logs = served.logs.lock().unwrap().clone();
+    let rpcs: Vec<&serde_json::Value> = logs
+        .iter()
+        .filter(|l| l["target"] == "infermux::rpc")
+        .collect();
+    assert_eq!(rpcs.len(), 1, "{logs:?}");
+    assert_eq!(rpcs[0]["method"], "/infermux.v1.InferMuxService/Infer");
+    assert_eq!(rpcs[0]["code"], "OK");
+    assert_eq!(rpcs[0]["provider"], "echo");
+    assert!(rpcs[0]["latency_ms"].as_f64().unwrap() >= 0.0);
 }
