@@ -134,26 +134,7 @@ pub struct InferArgs {
 
 /// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a duration (try 500ms, 30s, 5m)"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "\"{s}\": unknown unit \"{unit}\" (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("\"{s}\" is out of range"))
+    infermux::config::parse_duration(s)
 }
 
 #[cfg(test)]

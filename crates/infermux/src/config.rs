@@ -1,0 +1,975 @@
+//! The config file (`infermux.yml`), read in two stages: YAML → raw serde structs
+//! (with `${VAR}` substitution, type errors and unknown fields reported by YAML
+//! path) → a validated [`Config`] with typed durations, URLs and secrets. Every
+//! error is collected before failing, each naming its field.
+//!
+//! The environment is read through [`Env`], so tests and `infermux validate` can
+//! run without real secrets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Where `${VAR}` values come from.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Why a config could not be loaded. Each kind has its `validate` exit code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigError {
+    /// The file does not exist or cannot be read (exit 1).
+    NotFound(String),
+    /// The file is not well-formed YAML (exit 2).
+    Malformed(String),
+    /// The YAML is well-formed but its content is wrong (exit 3): one message
+    /// per problem, each starting with the field's path.
+    Invalid(Vec<String>),
+}
+
+impl ConfigError {
+    /// The exit code of `infermux validate` for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConfigError::NotFound(_) => 1,
+            ConfigError::Malformed(_) => 2,
+            ConfigError::Invalid(_) => 3,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::NotFound(m) | ConfigError::Malformed(m) => f.write_str(m),
+            ConfigError::Invalid(errors) => f.write_str(&errors.join("; ")),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A secret (API key): never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that sends it upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The adapter a provider uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    Echo,
+    OpenAi,
+    Anthropic,
+    AzureOpenAi,
+    Ollama,
+}
+
+impl ProviderKind {
+    pub const NAMES: &'static [&'static str] =
+        &["echo", "openai", "anthropic", "azure_openai", "ollama"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "echo" => ProviderKind::Echo,
+            "openai" => ProviderKind::OpenAi,
+            "anthropic" => ProviderKind::Anthropic,
+            "azure_openai" => ProviderKind::AzureOpenAi,
+            "ollama" => ProviderKind::Ollama,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Echo => "echo",
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::AzureOpenAi => "azure_openai",
+            ProviderKind::Ollama => "ollama",
+        }
+    }
+
+    /// The base URL when the config gives none.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Ollama => Some("http://localhost:11434/v1"),
+            ProviderKind::Echo | ProviderKind::AzureOpenAi => None,
+        }
+    }
+}
+
+/// One provider, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub api_key: Option<Secret>,
+    /// Normalized without a trailing `/`.
+    pub base_url: Option<String>,
+    pub timeout: Duration,
+    pub models: Vec<String>,
+    /// Caller-facing alias → the model name this provider receives.
+    pub model_aliases: Vec<(String, String)>,
+    /// Azure's `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// Echo only: wait this long before answering.
+    pub delay: Duration,
+}
+
+/// How requests are spread over providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Priority,
+    RoundRobin,
+    LeastLatency,
+    CostWeighted,
+    Random,
+}
+
+impl Strategy {
+    pub const NAMES: &'static [&'static str] = &[
+        "priority",
+        "round_robin",
+        "least_latency",
+        "cost_weighted",
+        "random",
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "priority" => Strategy::Priority,
+            "round_robin" => Strategy::RoundRobin,
+            "least_latency" => Strategy::LeastLatency,
+            "cost_weighted" => Strategy::CostWeighted,
+            "random" => Strategy::Random,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Priority => "priority",
+            Strategy::RoundRobin => "round_robin",
+            Strategy::LeastLatency => "least_latency",
+            Strategy::CostWeighted => "cost_weighted",
+            Strategy::Random => "random",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    pub strategy: Strategy,
+    pub fallback: bool,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            strategy: Strategy::Priority,
+            fallback: true,
+        }
+    }
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+/// A validated config file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub listen: Option<String>,
+    pub grpc_listen: Option<String>,
+    pub tokentrace: Option<String>,
+    pub providers: Vec<ProviderConfig>,
+    pub routing: RoutingConfig,
+    /// Provider name → model name the provider receives → price.
+    pub pricing: BTreeMap<String, BTreeMap<String, Price>>,
+    /// Unknown fields, by path (errors under `strict`, warnings otherwise).
+    pub warnings: Vec<String>,
+}
+
+// ---- stage 1: raw structs -------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    listen: Option<String>,
+    grpc_listen: Option<String>,
+    tokentrace: Option<String>,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    routing: Option<RawRouting>,
+    #[serde(default)]
+    pricing: BTreeMap<String, BTreeMap<String, Price>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawProvider {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    api_key: Option<String>,
+    base_url: Option<String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    model_aliases: BTreeMap<String, String>,
+    api_version: Option<String>,
+    delay: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRouting {
+    strategy: Option<String>,
+    fallback: Option<bool>,
+}
+
+/// The timeout of a provider call when the config gives none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Azure OpenAI's `api-version` when the config gives none.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path, env: &dyn Env, strict: bool) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::NotFound(format!(
+                "{}: cannot read the config file: {e}",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text, env, strict).map_err(|e| match e {
+            ConfigError::Malformed(m) => ConfigError::Malformed(format!("{}: {m}", path.display())),
+            ConfigError::Invalid(list) => ConfigError::Invalid(
+                list.into_iter()
+                    .map(|m| format!("{}: {m}", path.display()))
+                    .collect(),
+            ),
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str, env: &dyn Env, strict: bool) -> Result<Config, ConfigError> {
+        let mut value: Value = if text.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| {
+                let msg = e.to_string();
+                let first = msg
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                ConfigError::Malformed(format!("malformed YAML: {first}"))
+            })?
+        };
+        if value.is_null() {
+            value = Value::Object(Default::default());
+        }
+        if !value.is_object() {
+            return Err(ConfigError::Invalid(vec![
+                "(top level): expected a mapping of settings".into(),
+            ]));
+        }
+        let mut errors = Vec::new();
+        substitute(&mut value, &mut String::new(), env, &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+
+        let mut unknown = Vec::new();
+        let raw: RawConfig = {
+            let mut track = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
+            let de = serde_ignored::Deserializer::new(&value, &mut track);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                ConfigError::Invalid(vec![format!(
+                    "{}: {}",
+                    if path == "." {
+                        "(top level)".into()
+                    } else {
+                        path
+                    },
+                    e.inner()
+                )])
+            })?
+        };
+        let warnings: Vec<String> = unknown
+            .iter()
+            .map(|p| format!("{p}: unknown field"))
+            .collect();
+        if strict {
+            errors.extend(warnings.iter().cloned());
+        }
+        let config = validate(raw, warnings, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+}
+
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        P::Map { parent, key } => {
+            let p = ignored_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
+/// Replaces `${VAR}`, `${VAR:-default}` and `$VAR` in every string (`$$` is a
+/// literal `$`). A string that was one whole reference takes the type its value
+/// reads as (`max: ${N}` with N=3 is the number 3), as YAML would.
+fn substitute(v: &mut Value, path: &mut String, env: &dyn Env, errors: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.contains('$') => match expand(s, env) {
+            Ok((out, whole)) => {
+                *v = if whole {
+                    retype(out)
+                } else {
+                    Value::String(out)
+                };
+            }
+            Err(e) => errors.push(format!(
+                "{}: {e}",
+                if path.is_empty() { "(top level)" } else { path }
+            )),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                substitute(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                substitute(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn retype(s: String) -> Value {
+    if let Ok(n) = s.parse::<i64>() {
+        return Value::from(n);
+    }
+    if let Ok(f) = s.parse::<f64>()
+        && f.is_finite()
+    {
+        return Value::from(f);
+    }
+    match s.as_str() {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::String(s),
+    }
+}
+
+/// Expands references in `s`; also says whether `s` was one whole reference.
+fn expand(s: &str, env: &dyn Env) -> Result<(String, bool), String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut references = 0;
+    let mut literal = false;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        literal |= i > 0;
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            literal = true;
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed \"${{\" in \"{s}\""))?;
+            let inner = &body[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            if !valid_name(name) {
+                return Err(format!(
+                    "\"${{{inner}}}\" is not a valid variable reference"
+                ));
+            }
+            match (env.var(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => return Err(format!("environment variable {name} is not set")),
+            }
+            references += 1;
+            rest = &body[end + 1..];
+        } else {
+            let len = after
+                .char_indices()
+                .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(after.len(), |(j, _)| j);
+            let name = &after[..len];
+            if !valid_name(name) {
+                // A lone `$` that starts no name is kept as it is.
+                out.push('$');
+                literal = true;
+                rest = after;
+                continue;
+            }
+            match env.var(name) {
+                Some(v) => out.push_str(&v),
+                None => return Err(format!("environment variable {name} is not set")),
+            }
+            references += 1;
+            rest = &after[len..];
+        }
+    }
+    literal |= !rest.is_empty();
+    out.push_str(rest);
+    Ok((out, references == 1 && !literal))
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration (try 500ms, 30s, 5m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "\"{s}\": unknown unit \"{unit}\" (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("\"{s}\" is out of range"))
+}
+
+fn check_url(url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("\"{url}\": the scheme must be http or https"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+// ---- stage 2: validation --------------------------------------------------
+
+fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> Config {
+    let mut providers = Vec::with_capacity(raw.providers.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, p) in raw.providers.into_iter().enumerate() {
+        let at = |field: &str| format!("providers[{i}].{field}");
+        let name = match p.name.as_deref().map(str::trim) {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => {
+                errors.push(format!(
+                    "{}: missing (every provider needs a unique name)",
+                    at("name")
+                ));
+                String::new()
+            }
+        };
+        if !name.is_empty() {
+            if let Some(first) = seen.get(&name) {
+                errors.push(format!(
+                    "{}: duplicate provider name \"{name}\" (also providers[{first}])",
+                    at("name")
+                ));
+            } else {
+                seen.insert(name.clone(), i);
+            }
+        }
+        let kind = match p.kind.as_deref() {
+            None => {
+                errors.push(format!(
+                    "{}: missing (expected one of {})",
+                    at("type"),
+                    ProviderKind::NAMES.join(", ")
+                ));
+                None
+            }
+            Some(k) => match ProviderKind::parse(k) {
+                Some(kind) => Some(kind),
+                None => {
+                    errors.push(format!(
+                        "{}: unknown provider type \"{k}\" (expected one of {})",
+                        at("type"),
+                        ProviderKind::NAMES.join(", ")
+                    ));
+                    None
+                }
+            },
+        };
+        let base_url = match p.base_url.as_deref() {
+            Some(u) => match check_url(u) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    errors.push(format!("{}: {e}", at("base_url")));
+                    None
+                }
+            },
+            None => kind
+                .and_then(ProviderKind::default_base_url)
+                .map(str::to_owned),
+        };
+        let api_key = p.api_key.filter(|k| !k.is_empty()).map(Secret::new);
+        if let Some(kind) = kind {
+            let hosted_default = p.base_url.is_none();
+            let needs_key = match kind {
+                ProviderKind::Anthropic | ProviderKind::AzureOpenAi => true,
+                // Any OpenAI-compatible server may run without a key; OpenAI does not.
+                ProviderKind::OpenAi => hosted_default,
+                ProviderKind::Ollama | ProviderKind::Echo => false,
+            };
+            if needs_key && api_key.is_none() {
+                errors.push(format!(
+                    "{}: missing (a {} provider needs an API key)",
+                    at("api_key"),
+                    kind.as_str()
+                ));
+            }
+            if kind == ProviderKind::AzureOpenAi && p.base_url.is_none() {
+                errors.push(format!(
+                    "{}: missing (the Azure OpenAI resource root, e.g. https://NAME.openai.azure.com)",
+                    at("base_url")
+                ));
+            }
+            if kind == ProviderKind::AzureOpenAi && p.models.is_empty() {
+                errors.push(format!(
+                    "{}: missing (the deployment names of this resource)",
+                    at("models")
+                ));
+            }
+        }
+        let mut duration = |field: &str, v: Option<&str>, default: Duration| match v {
+            None => default,
+            Some(s) => match parse_duration(s) {
+                Ok(d) if field == "timeout" && d.is_zero() => {
+                    errors.push(format!("{}: must be more than 0", at(field)));
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    errors.push(format!("{}: {e}", at(field)));
+                    default
+                }
+            },
+        };
+        let timeout = duration("timeout", p.timeout.as_deref(), DEFAULT_TIMEOUT);
+        let delay = duration("delay", p.delay.as_deref(), Duration::ZERO);
+        let mut models = p.models;
+        for (j, m) in models.iter().enumerate() {
+            if m.trim().is_empty() {
+                errors.push(format!("{}[{j}]: empty model name", at("models")));
+            }
+        }
+        if kind == Some(ProviderKind::Echo) && models.is_empty() {
+            models.push(crate::echo::ECHO_MODEL.to_owned());
+        }
+        for (alias, target) in &p.model_aliases {
+            if alias.trim().is_empty() || target.trim().is_empty() {
+                errors.push(format!(
+                    "{}: aliases and their targets must not be empty",
+                    at("model_aliases")
+                ));
+            }
+        }
+        let api_version = match (kind, p.api_version) {
+            (Some(ProviderKind::AzureOpenAi), None) => Some(DEFAULT_AZURE_API_VERSION.to_owned()),
+            (_, v) => v,
+        };
+        if let Some(kind) = kind {
+            providers.push(ProviderConfig {
+                name,
+                kind,
+                api_key,
+                base_url,
+                timeout,
+                models,
+                model_aliases: p.model_aliases.into_iter().collect(),
+                api_version,
+                delay,
+            });
+        }
+    }
+
+    let mut routing = RoutingConfig::default();
+    if let Some(r) = raw.routing {
+        if let Some(s) = r.strategy {
+            match Strategy::parse(&s) {
+                Some(st) => routing.strategy = st,
+                None => errors.push(format!(
+                    "routing.strategy: unknown strategy \"{s}\" (expected one of {})",
+                    Strategy::NAMES.join(", ")
+                )),
+            }
+        }
+        if let Some(f) = r.fallback {
+            routing.fallback = f;
+        }
+    }
+
+    for (provider, models) in &raw.pricing {
+        if !seen.contains_key(provider) {
+            errors.push(format!(
+                "pricing.{provider}: no provider is named \"{provider}\""
+            ));
+        }
+        for (model, price) in models {
+            for (field, v) in [
+                ("input_per_million", price.input_per_million),
+                ("output_per_million", price.output_per_million),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    errors.push(format!(
+                        "pricing.{provider}.{model}.{field}: {v} must be a number ≥ 0"
+                    ));
+                }
+            }
+        }
+    }
+
+    let mut addr = |field: &str, v: Option<String>| {
+        if let Some(a) = &v
+            && !a.contains(':')
+        {
+            errors.push(format!("{field}: \"{a}\" is not HOST:PORT or :PORT"));
+        }
+        v
+    };
+    let listen = addr("listen", raw.listen);
+    let grpc_listen = addr("grpc_listen", raw.grpc_listen);
+    let tokentrace = match raw.tokentrace {
+        Some(t) if !t.is_empty() => match check_url(&t) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                errors.push(format!("tokentrace: {e}"));
+                None
+            }
+        },
+        _ => None,
+    };
+
+    Config {
+        listen,
+        grpc_listen,
+        tokentrace,
+        providers,
+        routing,
+        pricing: raw.pricing,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const SPEC_EXAMPLE: &str = r#"
+listen: ":8600"
+grpc_listen: ":8601"
+tokentrace: "http://localhost:8700"
+providers:
+  - name: openai                 # unique
+    type: openai                 # echo | openai | anthropic | azure_openai | ollama
+    api_key: "${OPENAI_API_KEY}"
+    base_url: "https://api.openai.com/v1"   # any OpenAI-compatible server
+    timeout: 60s
+    models: [gpt-4o, gpt-4o-mini]
+    model_aliases: {fast: gpt-4o-mini}
+  - name: anthropic
+    type: anthropic
+    api_key: "${ANTHROPIC_API_KEY}"
+    model_aliases: {gpt-4o: claude-sonnet-4-5}
+routing:
+  strategy: priority             # priority | round_robin | least_latency | cost_weighted | random
+  fallback: true                 # on a retryable failure, try the next eligible provider
+pricing:                         # USD per million tokens; overrides the built-in table
+  openai: {gpt-4o: {input_per_million: 2.5, output_per_million: 10.0}}
+"#;
+
+    fn invalid(text: &str, e: &HashMap<String, String>, strict: bool) -> Vec<String> {
+        match Config::parse(text, e, strict) {
+            Err(ConfigError::Invalid(list)) => list,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_spec_example_loads() {
+        let e = env(&[("OPENAI_API_KEY", "sk-1"), ("ANTHROPIC_API_KEY", "ak-2")]);
+        let c = Config::parse(SPEC_EXAMPLE, &e, true).unwrap();
+        assert_eq!(c.listen.as_deref(), Some(":8600"));
+        assert_eq!(c.tokentrace.as_deref(), Some("http://localhost:8700"));
+        assert_eq!(c.providers.len(), 2);
+        let o = &c.providers[0];
+        assert_eq!((o.name.as_str(), o.kind), ("openai", ProviderKind::OpenAi));
+        assert_eq!(o.api_key.as_ref().unwrap().expose(), "sk-1");
+        assert_eq!(o.timeout, Duration::from_secs(60));
+        assert_eq!(o.models, ["gpt-4o", "gpt-4o-mini"]);
+        assert_eq!(
+            o.model_aliases,
+            [("fast".to_owned(), "gpt-4o-mini".to_owned())]
+        );
+        let a = &c.providers[1];
+        assert_eq!(a.base_url.as_deref(), Some("https://api.anthropic.com"));
+        assert_eq!(
+            c.routing,
+            RoutingConfig {
+                strategy: Strategy::Priority,
+                fallback: true
+            }
+        );
+        assert_eq!(c.pricing["openai"]["gpt-4o"].output_per_million, 10.0);
+        assert!(c.warnings.is_empty());
+        assert!(
+            !format!("{c:?}").contains("sk-1"),
+            "secrets stay out of Debug"
+        );
+    }
+
+    #[test]
+    fn substitution_forms() {
+        let e = env(&[("A", "x"), ("N", "3")]);
+        assert_eq!(expand("${A}", &e).unwrap(), ("x".into(), true));
+        assert_eq!(expand("$A", &e).unwrap(), ("x".into(), true));
+        assert_eq!(
+            expand("pre-${A}-$A", &e).unwrap(),
+            ("pre-x-x".into(), false)
+        );
+        assert_eq!(
+            expand("${MISSING:-fallback}", &e).unwrap(),
+            ("fallback".into(), true)
+        );
+        assert_eq!(expand("${A:-fallback}", &e).unwrap(), ("x".into(), true));
+        assert_eq!(expand("cost $$5", &e).unwrap(), ("cost $5".into(), false));
+        assert_eq!(expand("$ 5", &e).unwrap(), ("$ 5".into(), false));
+        assert!(expand("${MISSING}", &e).unwrap_err().contains("MISSING"));
+        assert!(expand("$MISSING", &e).unwrap_err().contains("MISSING"));
+        assert!(expand("${A", &e).is_err());
+        assert!(expand("${1A}", &e).is_err());
+    }
+
+    #[test]
+    fn an_unset_variable_is_an_error_naming_it_and_the_field() {
+        let errors = invalid(SPEC_EXAMPLE, &env(&[("OPENAI_API_KEY", "k")]), false);
+        assert_eq!(
+            errors,
+            ["providers[1].api_key: environment variable ANTHROPIC_API_KEY is not set"]
+        );
+    }
+
+    #[test]
+    fn whole_references_take_their_value_type() {
+        let text = "providers:\n  - name: e\n    type: echo\nrouting:\n  fallback: ${FB}\n";
+        let c = Config::parse(text, &env(&[("FB", "false")]), true).unwrap();
+        assert!(!c.routing.fallback);
+    }
+
+    #[test]
+    fn semantic_errors_are_collected_with_their_paths() {
+        let text = r#"
+providers:
+  - name: a
+    type: opnai
+  - name: a
+    type: echo
+    timeout: soon
+  - type: anthropic
+  - name: az
+    type: azure_openai
+    api_key: k
+  - name: bad-url
+    type: openai
+    base_url: "ftp://example.com"
+routing:
+  strategy: fastest
+pricing:
+  nobody: {m: {input_per_million: -1, output_per_million: 1}}
+"#;
+        let errors = invalid(text, &env(&[]), false);
+        let want = [
+            "providers[0].type: unknown provider type \"opnai\" (expected one of echo, openai, anthropic, azure_openai, ollama)",
+            "providers[1].name: duplicate provider name \"a\" (also providers[0])",
+            "providers[1].timeout: \"soon\" is not a duration",
+            "providers[2].name: missing",
+            "providers[2].api_key: missing (a anthropic provider needs an API key)",
+            "providers[3].base_url: missing",
+            "providers[3].models: missing",
+            "providers[4].base_url: \"ftp://example.com\": the scheme must be http or https",
+            "routing.strategy: unknown strategy \"fastest\"",
+            "pricing.nobody: no provider is named \"nobody\"",
+            "pricing.nobody.m.input_per_million: -1 must be a number ≥ 0",
+        ];
+        for w in want {
+            assert!(
+                errors.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), want.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_path() {
+        let errors = invalid(
+            "providers:\n  - name: e\n    type: echo\n    models: 5\n",
+            &env(&[]),
+            false,
+        );
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("providers[0].models: invalid type"),
+            "{errors:?}"
+        );
+        let errors = invalid("routing:\n  fallback: maybe\n", &env(&[]), false);
+        assert!(
+            errors[0].starts_with("routing.fallback: invalid type"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_warn_or_fail_under_strict() {
+        let text = "providers:\n  - name: e\n    type: echo\n    colour: blue\nlisen: \":1\"\n";
+        let c = Config::parse(text, &env(&[]), false).unwrap();
+        assert_eq!(
+            c.warnings,
+            ["lisen: unknown field", "providers[0].colour: unknown field"]
+        );
+        let errors = invalid(text, &env(&[]), true);
+        assert_eq!(
+            errors,
+            ["lisen: unknown field", "providers[0].colour: unknown field"]
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_is_its_own_error() {
+        let e = Config::parse("providers: [unclosed\n  - x: {", &env(&[]), false).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().starts_with("malformed YAML"), "{e}");
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn keys_and_echo_defaults() {
+        let text = "providers:\n  - name: local\n    type: openai\n    base_url: http://127.0.0.1:8000/v1\n  - name: e\n    type: echo\n  - name: o\n    type: ollama\n";
+        let c = Config::parse(text, &env(&[]), true).unwrap();
+        assert!(
+            c.providers[0].api_key.is_none(),
+            "an OpenAI-compatible server may need no key"
+        );
+        assert_eq!(c.providers[1].models, ["echo-v1"]);
+        assert_eq!(
+            c.providers[2].base_url.as_deref(),
+            Some("http://localhost:11434/v1")
+        );
+        let errors = invalid(
+            "providers:\n  - name: o\n    type: openai\n",
+            &env(&[]),
+            false,
+        );
+        assert!(
+            errors[0].starts_with("providers[0].api_key: missing"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn load_reports_a_missing_file() {
+        let e = Config::load(Path::new("/no/such/infermux.yml"), &ProcessEnv, false).unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("/no/such/infermux.yml"));
+    }
+}
