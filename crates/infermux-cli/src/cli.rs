@@ -31,6 +31,20 @@ pub enum Command {
     ServeGrpc(ServeGrpcArgs),
     /// Route one prompt and print the reply.
     Infer(InferArgs),
+    /// Check a config file without starting anything (no network calls).
+    /// Exit 0 valid, 1 file not found, 2 malformed YAML, 3 invalid content.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Config file [default: ./infermux.yml].
+    #[arg(long, env = "INFERMUX_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Reject unknown fields instead of warning about them.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]

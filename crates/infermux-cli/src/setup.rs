@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use infermux::config::{Config, ProcessEnv};
 use infermux::{EchoProvider, NoopSink, Registry, Router, SpanSink};
 use infermux_tokentrace::{Reporter, ReporterConfig, ReporterTask};
 
@@ -23,30 +24,51 @@ pub fn config_path(flag: Option<&Path>) -> Option<PathBuf> {
     default.exists().then(|| default.to_owned())
 }
 
-/// The providers to route to.
-pub fn registry(config: Option<&Path>) -> Result<Arc<Registry>, String> {
-    if let Some(path) = config_path(config) {
-        // Config files arrive with the provider adapters; until then refuse them
-        // rather than silently serving something other than what they describe.
-        return Err(format!(
-            "{}: config files are not supported by this build yet; remove it (or unset INFERMUX_CONFIG) to serve the echo provider",
-            path.display()
-        ));
+/// The config in force: the file named by `--config` / `INFERMUX_CONFIG`, else
+/// `./infermux.yml` when present, else none (echo is then the whole registry).
+pub fn load_config(flag: Option<&Path>) -> Result<Option<Config>, String> {
+    let Some(path) = config_path(flag) else {
+        return Ok(None);
+    };
+    let config = Config::load(&path, &ProcessEnv, false).map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        tracing::warn!(file = %path.display(), "{warning} (ignored; `infermux validate --strict` rejects it)");
     }
-    let registry = Registry::new();
-    registry
-        .register(Arc::new(EchoProvider::new()))
-        .map_err(|e| e.to_string())?;
+    if config.routing.strategy != infermux::config::Strategy::Priority {
+        tracing::warn!(
+            strategy = config.routing.strategy.as_str(),
+            "this build routes by priority only; the other strategies arrive with the routing work"
+        );
+    }
+    Ok(Some(config))
+}
+
+/// The providers to route to: the config's, or the echo provider alone.
+pub fn registry(config: Option<&Config>) -> Result<Arc<Registry>, String> {
+    let registry = match config {
+        Some(config) => {
+            infermux_providers::registry_from_config(config).map_err(|e| e.to_string())?
+        }
+        None => {
+            let registry = Registry::new();
+            registry
+                .register(Arc::new(EchoProvider::new()))
+                .map_err(|e| e.to_string())?;
+            registry
+        }
+    };
     Ok(Arc::new(registry))
 }
 
 /// Runs one server: builds the registry, the span reporter and the listener from
 /// `args`, hands the listener and a router to `serve`, and flushes spans after
-/// it returns. `kind` names the server in logs; `default_addr` applies when no
-/// address is given.
+/// it returns. `kind` names the server in logs; its address comes from the flag
+/// or environment, then the config file (`listen` picks the field), then
+/// `default_addr`.
 pub fn run_server<F, Fut>(
     args: &ServerArgs,
     kind: &str,
+    listen: fn(&Config) -> Option<&str>,
     default_addr: &str,
     serve: F,
 ) -> Result<ExitCode, String>
@@ -57,10 +79,20 @@ where
     /// How long queued spans may take to reach TokenTrace on shutdown.
     const SPAN_FLUSH: Duration = Duration::from_secs(2);
 
-    let registry = registry(args.config.as_deref())?;
-    let addr = listen_addr(args.addr.as_deref(), default_addr)?;
+    let config = load_config(args.config.as_deref())?;
+    let registry = registry(config.as_ref())?;
+    // Flag, then environment (both through clap), then the config file, then the default.
+    let addr = args
+        .addr
+        .as_deref()
+        .or_else(|| config.as_ref().and_then(listen));
+    let addr = listen_addr(addr, default_addr)?;
+    let tokentrace = args
+        .tokentrace
+        .clone()
+        .or_else(|| config.as_ref().and_then(|c| c.tokentrace.clone()));
     runtime()?.block_on(async move {
-        let (spans, reporter) = spans(args.tokentrace.as_deref())?;
+        let (spans, reporter) = spans(tokentrace.as_deref())?;
         let listener = bind(&addr).await?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         let providers: Vec<String> = registry

@@ -126,6 +126,11 @@ pub struct InferRequest {
     pub params: Params,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// Request fields of the OpenAI API that infermux does not model (`tools`,
+    /// `response_format`, `seed`, `n`, ...). OpenAI-compatible providers pass
+    /// them upstream untouched; others drop them. Not part of the MIST wire form.
+    #[serde(skip)]
+    pub extra: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl InferRequest {
@@ -152,6 +157,10 @@ pub struct InferResponse {
     pub cost_usd: f64,
     pub latency_ms: u64,
     pub finish_reason: String,
+    /// True when the provider reported no usage and the token counts are an
+    /// estimate (see `infermux::tokens`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage_estimated: bool,
 }
 
 /// One piece of a streamed reply: content deltas, and on the last chunk the
@@ -206,6 +215,7 @@ mod tests {
             cost_usd: 0.00003,
             latency_ms: 1,
             finish_reason: "stop".into(),
+            usage_estimated: false,
         };
         assert_eq!(
             serde_json::to_string(&resp).unwrap(),

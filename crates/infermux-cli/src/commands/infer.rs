@@ -10,7 +10,8 @@ use crate::cli::InferArgs;
 use crate::setup;
 
 pub fn run(args: InferArgs) -> Result<ExitCode, String> {
-    let registry = setup::registry(args.config.as_deref())?;
+    let config = setup::load_config(args.config.as_deref())?;
+    let registry = setup::registry(config.as_ref())?;
     let router = Router::without_spans(registry);
     let mut req = InferRequest::prompt(args.model, args.prompt);
     req.provider = args.provider.unwrap_or_default();

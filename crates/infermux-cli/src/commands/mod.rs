@@ -3,6 +3,7 @@
 mod infer;
 mod serve;
 mod serve_grpc;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -13,5 +14,6 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Serve(args) => serve::run(args),
         Command::ServeGrpc(args) => serve_grpc::run(args),
         Command::Infer(args) => infer::run(args),
+        Command::Validate(args) => validate::run(args),
     }
 }

@@ -14,7 +14,13 @@ pub fn run(args: ServeGrpcArgs) -> Result<ExitCode, String> {
         drain_delay: args.drain_delay,
         grace: args.grace_period,
     };
-    setup::run_server(&args.server, "gRPC", ":8601", |listener, router| {
-        infermux_grpc::serve(listener, router, options, setup::shutdown_signal())
-    })
+    setup::run_server(
+        &args.server,
+        "gRPC",
+        |c| c.grpc_listen.as_deref(),
+        ":8601",
+        |listener, router| {
+            infermux_grpc::serve(listener, router, options, setup::shutdown_signal())
+        },
+    )
 }

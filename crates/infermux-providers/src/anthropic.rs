@@ -1,0 +1,341 @@
+//! The Anthropic Messages API adapter (`POST {base_url}/v1/messages`).
+//!
+//! Translation: system messages are lifted (joined by a blank line) into the
+//! top-level `system`; `stop` becomes `stop_sequences`; `max_tokens`, which
+//! Anthropic requires, defaults to [`DEFAULT_MAX_TOKENS`]; fields Anthropic
+//! cannot take (OpenAI extras) are dropped. Back: text blocks are joined,
+//! `stop_reason` maps to OpenAI's `finish_reason`, usage is read; stream events
+//! become chunks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use infermux::config::ProviderConfig;
+use infermux::{
+    CallContext, ChunkStream, InferChunk, InferRequest, InferResponse, Provider, ProviderError,
+    Role,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::http;
+
+/// The `anthropic-version` header sent with every call.
+pub const API_VERSION: &str = "2023-06-01";
+
+/// `max_tokens` when the caller gives none (Anthropic requires one).
+pub const DEFAULT_MAX_TOKENS: i64 = 4096;
+
+/// An Anthropic provider.
+pub struct AnthropicProvider {
+    name: String,
+    models: Vec<String>,
+    url: String,
+    api_key: String,
+    timeout: Duration,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for AnthropicProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnthropicProvider")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AnthropicProvider {
+    pub fn from_config(c: &ProviderConfig) -> Result<Self, ProviderError> {
+        let base = c
+            .base_url
+            .clone()
+            .unwrap_or_else(|| "https://api.anthropic.com".to_owned());
+        Ok(AnthropicProvider {
+            name: c.name.clone(),
+            models: c.models.clone(),
+            url: format!("{base}/v1/messages"),
+            api_key: c
+                .api_key
+                .as_ref()
+                .map(|k| k.expose().to_owned())
+                .unwrap_or_default(),
+            timeout: c.timeout,
+            client: http::client(c.timeout)?,
+        })
+    }
+
+    fn post(&self, ctx: &CallContext<'_>) -> reqwest::RequestBuilder {
+        self.client
+            .post(&self.url)
+            .header("x-api-key", &self.api_key)
+            .header("anthropic-version", API_VERSION)
+            .header("traceparent", ctx.traceparent())
+    }
+}
+
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: i64,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+fn messages_request<'a>(
+    model: &'a str,
+    req: &'a InferRequest,
+    stream: bool,
+) -> MessagesRequest<'a> {
+    let mut system: Vec<&str> = Vec::new();
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in &req.messages {
+        match m.role {
+            Role::System => system.push(&m.content),
+            Role::Assistant => messages.push(WireMessage {
+                role: "assistant",
+                content: &m.content,
+            }),
+            // Validation rejects other roles before a provider is called.
+            Role::User | Role::Other(_) => messages.push(WireMessage {
+                role: "user",
+                content: &m.content,
+            }),
+        }
+    }
+    MessagesRequest {
+        model,
+        max_tokens: req.params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        messages,
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        // Anthropic's range is [0, 1]; OpenAI's is [0, 2].
+        temperature: req.params.temperature.map(|t| t.min(1.0)),
+        top_p: req.params.top_p,
+        stop_sequences: req.params.stop.as_deref(),
+        stream,
+    }
+}
+
+/// Anthropic's `stop_reason` as an OpenAI `finish_reason`.
+pub fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn and anything new.
+        _ => "stop",
+    }
+}
+
+#[derive(Deserialize)]
+struct MessagesResponse {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    content: Vec<ContentBlock>,
+    stop_reason: Option<String>,
+    usage: Option<Usage>,
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ContentBlock {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: String,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+struct Usage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    message: String,
+}
+
+/// One streaming event (only the fields infermux reads).
+#[derive(Deserialize)]
+struct StreamEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    message: Option<StartMessage>,
+    delta: Option<Delta>,
+    usage: Option<Usage>,
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+    stop_reason: Option<String>,
+}
+
+#[async_trait]
+impl Provider for AnthropicProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    fn kind(&self) -> &str {
+        "anthropic"
+    }
+
+    async fn infer(
+        &self,
+        ctx: &CallContext<'_>,
+        req: &InferRequest,
+    ) -> Result<InferResponse, ProviderError> {
+        let body = messages_request(ctx.model, req, false);
+        let resp = http::send(self.post(ctx).timeout(self.timeout).json(&body), &self.name).await?;
+        if !resp.status().is_success() {
+            return Err(http::error_from(resp, &self.name).await);
+        }
+        let parsed: MessagesResponse = http::json_body(resp, &self.name).await?;
+        if parsed.kind.as_deref() == Some("error") || parsed.error.is_some() {
+            let message = parsed.error.map(|e| e.message).unwrap_or_default();
+            return Err(ProviderError::Unavailable(format!(
+                "provider \"{}\" answered 200 with an error: {message}",
+                self.name
+            )));
+        }
+        let content: String = parsed
+            .content
+            .iter()
+            .filter(|b| b.kind == "text")
+            .map(|b| b.text.as_str())
+            .collect();
+        let usage = parsed.usage;
+        Ok(InferResponse {
+            content,
+            tokens_in: usage.map_or(0, |u| u.input_tokens),
+            tokens_out: usage.map_or(0, |u| u.output_tokens),
+            finish_reason: finish_reason(parsed.stop_reason.as_deref().unwrap_or("end_turn"))
+                .to_owned(),
+            usage_estimated: usage.is_none(),
+            ..Default::default()
+        })
+    }
+
+    async fn infer_stream(
+        &self,
+        ctx: &CallContext<'_>,
+        req: &InferRequest,
+    ) -> Result<ChunkStream, ProviderError> {
+        let body = messages_request(ctx.model, req, true);
+        let resp = http::send(self.post(ctx).json(&body), &self.name).await?;
+        if !resp.status().is_success() {
+            return Err(http::error_from(resp, &self.name).await);
+        }
+        let resp = http::expect_event_stream(resp, &self.name).await?;
+        let provider: Arc<str> = Arc::from(self.name.as_str());
+        Ok(http::chunk_stream(resp, self.name.clone(), move |event| {
+            let parsed: StreamEvent = serde_json::from_str(&event.data).map_err(|e| {
+                ProviderError::Unavailable(format!(
+                    "provider \"{provider}\" sent an unreadable stream event: {e}"
+                ))
+            })?;
+            let mut chunk = InferChunk::default();
+            match parsed.kind.as_str() {
+                "message_start" => {
+                    chunk.tokens_in = parsed
+                        .message
+                        .and_then(|m| m.usage)
+                        .unwrap_or_default()
+                        .input_tokens;
+                }
+                "content_block_delta" => match parsed.delta {
+                    Some(Delta {
+                        kind: Some(k),
+                        text: Some(text),
+                        ..
+                    }) if k == "text_delta" => chunk.delta = text,
+                    _ => return Ok(http::Step::Skip),
+                },
+                "message_delta" => {
+                    if let Some(reason) = parsed.delta.and_then(|d| d.stop_reason) {
+                        chunk.finish_reason = finish_reason(&reason).to_owned();
+                    }
+                    chunk.tokens_out = parsed.usage.unwrap_or_default().output_tokens;
+                }
+                "message_stop" => return Ok(http::Step::Done),
+                "error" => {
+                    let message = parsed.error.map(|e| e.message).unwrap_or_default();
+                    return Err(ProviderError::Unavailable(format!(
+                        "provider \"{provider}\" failed mid-stream: {message}"
+                    )));
+                }
+                // ping, content_block_start, content_block_stop, and new event types.
+                _ => return Ok(http::Step::Skip),
+            }
+            Ok(http::Step::Chunk(chunk))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infermux::ChatMessage;
+
+    #[test]
+    fn system_messages_are_lifted_and_stop_renamed() {
+        let mut req = InferRequest::prompt("x", "Hi");
+        req.messages.insert(0, ChatMessage::system("Be brief."));
+        req.messages.insert(1, ChatMessage::system("Be kind."));
+        req.messages
+            .push(ChatMessage::new(Role::Assistant, "Hello"));
+        req.params.stop = Some(vec!["END".into()]);
+        req.params.temperature = Some(1.5);
+        let v = serde_json::to_value(messages_request("claude-x", &req, false)).unwrap();
+        assert_eq!(v["system"], "Be brief.\n\nBe kind.");
+        assert_eq!(
+            v["messages"],
+            serde_json::json!([{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"}])
+        );
+        assert_eq!(v["stop_sequences"], serde_json::json!(["END"]));
+        assert_eq!(v["max_tokens"], DEFAULT_MAX_TOKENS);
+        assert_eq!(v["temperature"], 1.0);
+        assert!(v.get("stream").is_none());
+    }
+
+    #[test]
+    fn stop_reasons() {
+        assert_eq!(finish_reason("end_turn"), "stop");
+        assert_eq!(finish_reason("stop_sequence"), "stop");
+        assert_eq!(finish_reason("max_tokens"), "length");
+        assert_eq!(finish_reason("tool_use"), "tool_calls");
+    }
+}

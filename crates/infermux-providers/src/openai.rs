@@ -1,0 +1,293 @@
+//! The OpenAI chat completions adapter, for OpenAI and every OpenAI-compatible
+//! server (vLLM, Groq, Together, llama.cpp, Ollama's `/v1`), and — with its own
+//! URL and key header — Azure OpenAI.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use infermux::config::{ProviderConfig, ProviderKind};
+use infermux::{
+    CallContext, ChunkStream, InferChunk, InferRequest, InferResponse, Provider, ProviderError,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::http;
+
+/// How the upstream wants to be addressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialect {
+    /// `{base_url}/chat/completions`, `Authorization: Bearer`.
+    OpenAi,
+    /// Azure: `{base_url}/openai/deployments/{model}/chat/completions?api-version=`,
+    /// `api-key` header; the model name is the deployment.
+    Azure { api_version: String },
+}
+
+/// An OpenAI-shaped provider.
+pub struct OpenAiProvider {
+    name: String,
+    kind: &'static str,
+    models: Vec<String>,
+    base_url: String,
+    api_key: Option<String>,
+    dialect: Dialect,
+    timeout: Duration,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiProvider")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenAiProvider {
+    /// Builds the adapter for an `openai`, `ollama` or `azure_openai` provider.
+    pub fn from_config(c: &ProviderConfig) -> Result<Self, ProviderError> {
+        let dialect = match c.kind {
+            ProviderKind::AzureOpenAi => Dialect::Azure {
+                api_version: c
+                    .api_version
+                    .clone()
+                    .unwrap_or_else(|| infermux::config::DEFAULT_AZURE_API_VERSION.to_owned()),
+            },
+            _ => Dialect::OpenAi,
+        };
+        let base_url = c
+            .base_url
+            .clone()
+            .or_else(|| c.kind.default_base_url().map(str::to_owned))
+            .ok_or_else(|| {
+                ProviderError::InvalidRequest(format!("provider \"{}\" has no base_url", c.name))
+            })?;
+        Ok(OpenAiProvider {
+            name: c.name.clone(),
+            kind: c.kind.as_str(),
+            models: c.models.clone(),
+            base_url,
+            api_key: c.api_key.as_ref().map(|k| k.expose().to_owned()),
+            dialect,
+            timeout: c.timeout,
+            client: http::client(c.timeout)?,
+        })
+    }
+
+    fn url(&self, model: &str, endpoint: &str) -> String {
+        match &self.dialect {
+            Dialect::OpenAi => format!("{}/{endpoint}", self.base_url),
+            Dialect::Azure { api_version } => format!(
+                "{}/openai/deployments/{model}/{endpoint}?api-version={api_version}",
+                self.base_url
+            ),
+        }
+    }
+
+    fn post(&self, ctx: &CallContext<'_>, endpoint: &str) -> reqwest::RequestBuilder {
+        let mut req = self
+            .client
+            .post(self.url(ctx.model, endpoint))
+            .header("traceparent", ctx.traceparent());
+        if let Some(key) = &self.api_key {
+            req = match self.dialect {
+                Dialect::OpenAi => req.bearer_auth(key),
+                Dialect::Azure { .. } => req.header("api-key", key),
+            };
+        }
+        req
+    }
+}
+
+#[derive(Serialize)]
+struct ChatRequest<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a Map<String, Value>>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+fn chat_request<'a>(model: &'a str, req: &'a InferRequest, stream: bool) -> ChatRequest<'a> {
+    ChatRequest {
+        model,
+        messages: req
+            .messages
+            .iter()
+            .map(|m| WireMessage {
+                role: m.role.as_str(),
+                content: &m.content,
+            })
+            .collect(),
+        temperature: req.params.temperature,
+        max_tokens: req.params.max_tokens,
+        top_p: req.params.top_p,
+        stop: req.params.stop.as_deref(),
+        stream,
+        // Always ask for usage, so streams are accounted; the edge decides
+        // whether the caller sees it.
+        stream_options: stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
+        extra: req.extra.as_deref().map(|m| m as &Map<String, Value>),
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatResponse {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    usage: Option<Usage>,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Option<ChoiceMessage>,
+    delta: Option<ChoiceMessage>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceMessage {
+    content: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+pub(crate) struct Usage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+fn error_body(provider: &str, error: &Value) -> ProviderError {
+    let message = http::upstream_message(error.to_string().as_bytes());
+    let message = if message.starts_with('{') {
+        error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error")
+            .to_owned()
+    } else {
+        message
+    };
+    ProviderError::Unavailable(format!(
+        "provider \"{provider}\" answered 200 with an error: {message}"
+    ))
+}
+
+#[async_trait]
+impl Provider for OpenAiProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    fn kind(&self) -> &str {
+        self.kind
+    }
+
+    async fn infer(
+        &self,
+        ctx: &CallContext<'_>,
+        req: &InferRequest,
+    ) -> Result<InferResponse, ProviderError> {
+        let body = chat_request(ctx.model, req, false);
+        let resp = http::send(
+            self.post(ctx, "chat/completions")
+                .timeout(self.timeout)
+                .json(&body),
+            &self.name,
+        )
+        .await?;
+        if !resp.status().is_success() {
+            return Err(http::error_from(resp, &self.name).await);
+        }
+        let parsed: ChatResponse = http::json_body(resp, &self.name).await?;
+        if let Some(error) = &parsed.error {
+            return Err(error_body(&self.name, error));
+        }
+        let Some(choice) = parsed.choices.into_iter().next() else {
+            return Err(ProviderError::Unavailable(format!(
+                "provider \"{}\" answered with no choices",
+                self.name
+            )));
+        };
+        let usage = parsed.usage;
+        Ok(InferResponse {
+            content: choice.message.and_then(|m| m.content).unwrap_or_default(),
+            tokens_in: usage.map_or(0, |u| u.prompt_tokens),
+            tokens_out: usage.map_or(0, |u| u.completion_tokens),
+            finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".to_owned()),
+            usage_estimated: usage.is_none(),
+            ..Default::default()
+        })
+    }
+
+    async fn infer_stream(
+        &self,
+        ctx: &CallContext<'_>,
+        req: &InferRequest,
+    ) -> Result<ChunkStream, ProviderError> {
+        let body = chat_request(ctx.model, req, true);
+        let resp = http::send(self.post(ctx, "chat/completions").json(&body), &self.name).await?;
+        if !resp.status().is_success() {
+            return Err(http::error_from(resp, &self.name).await);
+        }
+        let resp = http::expect_event_stream(resp, &self.name).await?;
+        let provider: Arc<str> = Arc::from(self.name.as_str());
+        Ok(http::chunk_stream(resp, self.name.clone(), move |event| {
+            if event.data == "[DONE]" {
+                return Ok(http::Step::Done);
+            }
+            let parsed: ChatResponse = serde_json::from_str(&event.data).map_err(|e| {
+                ProviderError::Unavailable(format!(
+                    "provider \"{provider}\" sent an unreadable stream event: {e}"
+                ))
+            })?;
+            if let Some(error) = &parsed.error {
+                return Err(error_body(&provider, error));
+            }
+            let mut chunk = InferChunk::default();
+            if let Some(choice) = parsed.choices.into_iter().next() {
+                chunk.delta = choice.delta.and_then(|d| d.content).unwrap_or_default();
+                chunk.finish_reason = choice.finish_reason.unwrap_or_default();
+            }
+            if let Some(u) = parsed.usage {
+                chunk.tokens_in = u.prompt_tokens;
+                chunk.tokens_out = u.completion_tokens;
+            }
+            Ok(http::Step::Chunk(chunk))
+        }))
+    }
+}
