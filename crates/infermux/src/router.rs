@@ -209,6 +209,9 @@ fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How early before its deadline a caller that hangs up counts as timed out.
+const DEADLINE_SKEW: Duration = Duration::from_millis(20);
+
 /// A span being recorded; reported exactly once, when finished or dropped.
 struct PendingSpan {
     sink: Arc<dyn SpanSink>,
@@ -218,6 +221,8 @@ struct PendingSpan {
     start_ns: u64,
     started: Instant,
     reported: bool,
+    /// When the caller said it stops waiting.
+    deadline: Option<Instant>,
 }
 
 impl PendingSpan {
@@ -233,6 +238,7 @@ impl PendingSpan {
             start_ns: now_ns(),
             started: Instant::now(),
             reported: false,
+            deadline: ctx.timeout.map(|t| Instant::now() + t),
         }
     }
 
@@ -281,7 +287,15 @@ impl PendingSpan {
 impl Drop for PendingSpan {
     fn drop(&mut self) {
         if !self.reported {
-            let e = Error::new(ErrorKind::Cancelled, "the caller cancelled the request");
+            // A caller enforces its own deadline too (gRPC clients do) and may
+            // hang up a moment before ours fires: that is a deadline, not a
+            // change of mind.
+            let e = match self.deadline {
+                Some(d) if Instant::now() + DEADLINE_SKEW >= d => {
+                    Error::new(ErrorKind::Timeout, "the caller's deadline elapsed")
+                }
+                _ => Error::new(ErrorKind::Cancelled, "the caller cancelled the request"),
+            };
             self.finish_err(&e);
         }
     }
