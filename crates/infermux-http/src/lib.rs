@@ -8,11 +8,13 @@
 //!   name the field) and the `traceparent` header.
 //! - `error`: renders [`infermux::Error`] as the contract's JSON error body.
 //! - `routes`: the MIST-native endpoints and `/_infermux/health`.
+//! - `openai`: the OpenAI-compatible endpoints under `/v1`.
 //!
 //! [`Router`]: infermux::Router
 
 mod error;
 mod extract;
+mod openai;
 mod routes;
 pub mod server;
 
@@ -37,6 +39,8 @@ pub fn app(router: Router) -> axum::Router {
         .route("/mist", post(routes::mist))
         .route("/infer", post(routes::infer))
         .route("/providers", get(routes::providers))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
         .route("/_infermux/health", get(routes::health))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

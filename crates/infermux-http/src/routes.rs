@@ -66,18 +66,29 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// A 200 JSON response with the `X-Infermux-*` headers of a routed call.
 fn json_response(body: Vec<u8>, routed: &Routed) -> Response {
-    let r = &routed.response;
-    let mut h = HeaderMap::with_capacity(9);
+    let mut h = routed_headers(routed);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(v) = HeaderValue::from_str(&r.provider) {
+    (StatusCode::OK, h, body).into_response()
+}
+
+/// The `X-Infermux-Provider` and `X-Infermux-Model` headers.
+pub(crate) fn route_headers(h: &mut HeaderMap, provider: &str, upstream_model: &str) {
+    if let Ok(v) = HeaderValue::from_str(provider) {
         h.insert(PROVIDER.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&routed.upstream_model) {
+    if let Ok(v) = HeaderValue::from_str(upstream_model) {
         h.insert(MODEL.clone(), v);
     }
+}
+
+/// Every `X-Infermux-*` header of a completed call, and its `traceparent`.
+pub(crate) fn routed_headers(routed: &Routed) -> HeaderMap {
+    let r = &routed.response;
+    let mut h = HeaderMap::with_capacity(9);
+    route_headers(&mut h, &r.provider, &routed.upstream_model);
     if let Ok(v) = HeaderValue::from_str(&r.cost_usd.to_string()) {
         h.insert(COST.clone(), v);
     }
@@ -87,7 +98,7 @@ fn json_response(body: Vec<u8>, routed: &Routed) -> Response {
     if let Ok(v) = HeaderValue::from_str(&routed.trace.traceparent_for(routed.span_id)) {
         h.insert(TRACEPARENT.clone(), v);
     }
-    (StatusCode::OK, h, body).into_response()
+    h
 }
 
 #[derive(Serialize)]

@@ -1,0 +1,456 @@
+//! The OpenAI-compatible API: `POST /v1/chat/completions` (plain and SSE
+//! streaming), `GET /v1/models`. Any OpenAI SDK works by changing its base URL.
+//!
+//! Requests are translated to the core `InferRequest` (unknown fields ride along
+//! in `extra` for OpenAI-compatible providers); responses are rendered in
+//! OpenAI's shapes from the Router's result.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use infermux::router::RequestContext;
+use infermux::trace::Id128;
+use infermux::{ChatMessage, Error, InferRequest, Params, Role, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{JsonBytes, Traceparent};
+use crate::routes::routed_headers;
+
+/// A chat completion request, as OpenAI defines it.
+#[derive(Debug, Deserialize)]
+struct ChatCompletionRequest {
+    #[serde(default)]
+    model: String,
+    messages: Vec<OaiMessage>,
+    temperature: Option<f64>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    top_p: Option<f64>,
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    n: Option<i64>,
+    /// infermux extension: send to this provider, whatever the model resolves to.
+    #[serde(default)]
+    provider: String,
+    /// Everything else (tools, response_format, seed, user, ...).
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct OaiMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+impl ChatCompletionRequest {
+    /// The core request, or the first problem, naming its field.
+    fn into_core(self) -> Result<(InferRequest, bool, bool), Error> {
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(Error::invalid(format!("n: {n} is not supported (only 1)")));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.into_iter().enumerate() {
+            let role = match m.role.as_str() {
+                // OpenAI's newer name for system instructions.
+                "developer" => Role::System,
+                other => Role::parse(other),
+            };
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, p) in parts.into_iter().enumerate() {
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            (kind, _) => {
+                                return Err(Error::invalid(format!(
+                                    "messages[{i}].content[{j}].type: \"{}\" parts are not supported (only text)",
+                                    infermux::validate::truncate(kind, 32)
+                                )));
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            messages.push(ChatMessage { role, content });
+        }
+        let stop = match self.stop {
+            None => None,
+            Some(Stop::One(s)) => Some(vec![s]),
+            Some(Stop::Many(v)) => Some(v),
+        };
+        let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
+        let req = InferRequest {
+            model: self.model,
+            provider: self.provider,
+            messages,
+            params: Params {
+                temperature: self.temperature,
+                max_tokens: self.max_tokens.or(self.max_completion_tokens),
+                top_p: self.top_p,
+                stop,
+            },
+            meta: Default::default(),
+            extra: (!self.extra.is_empty()).then(|| Arc::new(self.extra)),
+        };
+        Ok((req, self.stream, include_usage))
+    }
+}
+
+#[derive(Serialize)]
+struct ChatCompletion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: Message<'a>,
+    finish_reason: &'a str,
+    logprobs: Option<()>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Usage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+impl Usage {
+    fn new(prompt: u64, completion: u64) -> Self {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ChunkBody<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<ChunkChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+}
+
+#[derive(Serialize)]
+struct ChunkChoice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    finish_reason: Option<&'a str>,
+    logprobs: Option<()>,
+}
+
+#[derive(Serialize, Default)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{}", Id128::random())
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    Traceparent(trace): Traceparent,
+    JsonBytes(body): JsonBytes,
+) -> Result<Response, ApiError> {
+    let parsed: ChatCompletionRequest = json::from_slice(&body)?;
+    let (req, stream, include_usage) = parsed.into_core()?;
+    let ctx = RequestContext {
+        trace,
+        timeout: None,
+    };
+    if stream {
+        return stream_completion(&state, req, ctx, include_usage).await;
+    }
+    let routed = state.router.call(&req, &ctx).await?;
+    let r = &routed.response;
+    let id = completion_id();
+    let body = ChatCompletion {
+        id: &id,
+        object: "chat.completion",
+        created: unix_now(),
+        model: &r.model,
+        choices: [Choice {
+            index: 0,
+            message: Message {
+                role: "assistant",
+                content: &r.content,
+            },
+            finish_reason: &r.finish_reason,
+            logprobs: None,
+        }],
+        usage: Usage::new(r.tokens_in, r.tokens_out),
+    };
+    let bytes = serde_json::to_vec(&body)
+        .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
+    let mut headers = routed_headers(&routed);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok((StatusCode::OK, headers, bytes).into_response())
+}
+
+fn sse_event<T: Serialize>(value: &T) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"data: ");
+    // Serializing our own types cannot fail; an empty object keeps the stream valid.
+    if serde_json::to_writer(&mut out, value).is_err() {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// Where a streamed completion is.
+enum Phase {
+    First,
+    Chunks,
+    Usage,
+    Done,
+    End,
+}
+
+struct StreamState {
+    routed: infermux::router::RoutedStream,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    usage: (u64, u64),
+    phase: Phase,
+}
+
+impl StreamState {
+    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&str>) -> Bytes {
+        sse_event(&ChunkBody {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+                logprobs: None,
+            }],
+            usage: None,
+        })
+    }
+
+    /// The next SSE event, or `None` at the end. Each provider chunk is
+    /// forwarded as soon as it arrives.
+    async fn next_event(&mut self) -> Option<Bytes> {
+        loop {
+            match self.phase {
+                Phase::First => {
+                    self.phase = Phase::Chunks;
+                    return Some(self.chunk(
+                        Delta {
+                            role: Some("assistant"),
+                            content: Some(""),
+                        },
+                        None,
+                    ));
+                }
+                Phase::Chunks => match self.routed.next().await {
+                    Some(Ok(c)) => {
+                        self.usage.0 += c.tokens_in;
+                        self.usage.1 += c.tokens_out;
+                        let finish =
+                            (!c.finish_reason.is_empty()).then_some(c.finish_reason.as_str());
+                        if c.delta.is_empty() && finish.is_none() {
+                            continue;
+                        }
+                        let content = (!c.delta.is_empty()).then_some(c.delta.as_str());
+                        return Some(self.chunk(
+                            Delta {
+                                role: None,
+                                content,
+                            },
+                            finish,
+                        ));
+                    }
+                    Some(Err(e)) => {
+                        // An error event, then the end — without [DONE], so
+                        // clients know the reply is incomplete.
+                        self.phase = Phase::End;
+                        let d = e.disposition();
+                        tracing::warn!(code = d.code, error = %e, "stream failed after it started");
+                        return Some(sse_event(&serde_json::json!({
+                            "error": {"message": e.message(), "type": "infermux_error", "code": d.code}
+                        })));
+                    }
+                    None => {
+                        self.phase = if self.include_usage {
+                            Phase::Usage
+                        } else {
+                            Phase::Done
+                        };
+                    }
+                },
+                Phase::Usage => {
+                    self.phase = Phase::Done;
+                    return Some(sse_event(&ChunkBody {
+                        id: &self.id,
+                        object: "chat.completion.chunk",
+                        created: self.created,
+                        model: &self.model,
+                        choices: Vec::new(),
+                        usage: Some(Usage::new(self.usage.0, self.usage.1)),
+                    }));
+                }
+                Phase::Done => {
+                    self.phase = Phase::End;
+                    return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+                }
+                Phase::End => return None,
+            }
+        }
+    }
+}
+
+async fn stream_completion(
+    state: &AppState,
+    req: InferRequest,
+    ctx: RequestContext,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
+    // Failures before the first byte (validation, unknown model, the provider
+    // refusing the call) are ordinary JSON errors with their status.
+    let routed = state.router.call_stream(&req, &ctx).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    crate::routes::route_headers(&mut headers, &routed.provider, &routed.upstream_model);
+    let state = StreamState {
+        id: completion_id(),
+        created: unix_now(),
+        model: routed.model.clone(),
+        routed,
+        include_usage,
+        usage: (0, 0),
+        phase: Phase::First,
+    };
+    // Dropping the body (the client went away) drops the routed stream, which
+    // cancels the upstream request.
+    let body = futures_util::stream::unfold(state, |mut s| async move {
+        let event = s.next_event().await?;
+        Some((Ok::<_, Infallible>(event), s))
+    });
+    Ok((StatusCode::OK, headers, Body::from_stream(body)).into_response())
+}
+
+#[derive(Serialize)]
+struct ModelList {
+    object: &'static str,
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Serialize)]
+struct ModelEntry {
+    id: String,
+    object: &'static str,
+    created: u64,
+    owned_by: String,
+}
+
+/// `GET /v1/models`: every routable model and alias, first provider wins.
+pub async fn models(State(state): State<Arc<AppState>>) -> Response {
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    for e in state.router.registry().entries() {
+        for id in e.routable_models() {
+            if seen.insert(id.clone()) {
+                data.push(ModelEntry {
+                    id,
+                    object: "model",
+                    created: 0,
+                    owned_by: e.name.to_string(),
+                });
+            }
+        }
+    }
+    axum::Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
+}
