@@ -1,0 +1,715 @@
+//! Real provider adapters against fake upstreams (real HTTP servers that record
+//! what they get), through the real server: the OpenAI-compatible ingress and
+//! the MIST routes, translated field by field in both directions.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use infermux::Router;
+use infermux::config::Config;
+use infermux::testing::RecordingSink;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use upstream::{Reply, Upstream, data, event};
+
+struct Gateway {
+    base: String,
+    client: reqwest::Client,
+    spans: Arc<RecordingSink>,
+}
+
+impl Gateway {
+    async fn start(yaml: &str) -> Gateway {
+        let config = Config::parse(yaml, &HashMap::<String, String>::new(), true).unwrap();
+        let registry = infermux_providers::registry_from_config(&config).unwrap();
+        let spans = Arc::new(RecordingSink::default());
+        let router = Router::new(Arc::new(registry), spans.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(infermux_http::serve(
+            listener,
+            infermux_http::app(router),
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        Gateway {
+            base,
+            client: reqwest::Client::new(),
+            spans,
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn chat(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let resp = self.post("/v1/chat/completions", body).await;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        (status, headers, resp.json().await.unwrap())
+    }
+
+    /// A streamed chat completion: the `data:` payloads, `[DONE]` included.
+    async fn chat_stream(&self, body: Value) -> Vec<String> {
+        let resp = self.post("/v1/chat/completions", body).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let text = resp.text().await.unwrap();
+        text.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                e.strip_prefix("data: ")
+                    .unwrap_or_else(|| panic!("not a data event: {e:?}"))
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+fn openai_config(u: &Upstream) -> String {
+    format!(
+        r#"
+providers:
+  - name: openai
+    type: openai
+    api_key: sk-test
+    base_url: "{}/v1"
+    timeout: 2s
+    models: [gpt-4o, gpt-4o-mini]
+    model_aliases: {{fast: gpt-4o-mini}}
+"#,
+        u.url
+    )
+}
+
+fn completion(content: &str, finish: &str) -> Value {
+    json!({
+        "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    })
+}
+
+#[tokio::test]
+async fn openai_requests_and_responses_translate_field_by_field() {
+    let up = Upstream::start().await;
+    up.reply(Reply::Json(200, completion("Bonjour", "length")));
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let (status, headers, body) = gw
+        .chat(json!({
+            "model": "fast",
+            "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+            "temperature": 0.3, "max_tokens": 50, "top_p": 0.9, "stop": "END",
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            "response_format": {"type": "json_object"}, "seed": 7, "user": "u-1"
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let seen = up.last();
+    assert_eq!(seen.path_and_query, "/v1/chat/completions");
+    assert_eq!(seen.header("authorization"), Some("Bearer sk-test"));
+    assert!(
+        seen.header("traceparent")
+            .is_some_and(|t| t.starts_with("00-") && t.len() == 55)
+    );
+    let b = &seen.body;
+    assert_eq!(
+        b["model"], "gpt-4o-mini",
+        "the alias is resolved for the upstream"
+    );
+    assert_eq!(
+        b["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}])
+    );
+    assert_eq!(
+        (
+            b["temperature"].clone(),
+            b["max_tokens"].clone(),
+            b["top_p"].clone()
+        ),
+        (json!(0.3), json!(50), json!(0.9))
+    );
+    assert_eq!(b["stop"], json!(["END"]));
+    assert_eq!(
+        b["tools"][0]["function"]["name"], "f",
+        "unknown fields pass through untouched"
+    );
+    assert_eq!(b["response_format"], json!({"type": "json_object"}));
+    assert_eq!(
+        (b["seed"].clone(), b["user"].clone()),
+        (json!(7), json!("u-1"))
+    );
+    assert!(b.get("stream").is_none());
+
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "fast", "the caller's model name comes back");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(
+        body["choices"][0]["message"],
+        json!({"role": "assistant", "content": "Bonjour"})
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18})
+    );
+    assert_eq!(headers["x-infermux-provider"], "openai");
+    assert_eq!(headers["x-infermux-model"], "gpt-4o-mini");
+    assert_eq!(headers["x-infermux-prompt-tokens"], "11");
+    assert_eq!(headers["x-infermux-completion-tokens"], "7");
+
+    let span = &gw.spans.spans()[0];
+    assert_eq!(
+        (span.attrs.provider.as_str(), span.attrs.model.as_str()),
+        ("openai", "gpt-4o-mini")
+    );
+    assert_eq!((span.attrs.tokens_in, span.attrs.tokens_out), (11, 7));
+    // The upstream got the span's trace.
+    assert!(
+        seen.header("traceparent")
+            .unwrap()
+            .contains(&span.trace_id.to_string())
+    );
+}
+
+fn openai_stream_events() -> Vec<String> {
+    let chunk = |delta: Value, finish: Value| {
+        data(
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    };
+    vec![
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        chunk(json!({"content": "Hel"}), Value::Null),
+        chunk(json!({"content": "lo"}), Value::Null),
+        chunk(json!({}), json!("stop")),
+        data(
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}),
+        ),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+}
+
+fn parse(events: &[String]) -> (String, Vec<Value>, bool) {
+    let done = events.last().is_some_and(|e| e == "[DONE]");
+    let values: Vec<Value> = events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text = values
+        .iter()
+        .filter_map(|v| {
+            v["choices"]
+                .get(0)
+                .and_then(|c| c["delta"]["content"].as_str())
+        })
+        .collect();
+    (text, values, done)
+}
+
+#[tokio::test]
+async fn openai_streams_pass_through_with_usage_only_when_asked() {
+    let up = Upstream::start().await;
+    up.always(Reply::Sse(openai_stream_events()));
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let req = |usage: bool| {
+        let mut r = json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
+        if usage {
+            r["stream_options"] = json!({"include_usage": true});
+        }
+        r
+    };
+
+    let (text, values, done) = parse(&gw.chat_stream(req(true)).await);
+    assert!(done);
+    assert_eq!(text, "Hello");
+    assert!(
+        values
+            .iter()
+            .all(|v| v["object"] == "chat.completion.chunk" && v["model"] == "gpt-4o")
+    );
+    let usage: Vec<&Value> = values.iter().filter(|v| v.get("usage").is_some()).collect();
+    assert_eq!(usage.len(), 1, "exactly one usage chunk");
+    assert_eq!(usage[0]["choices"], json!([]));
+    assert_eq!(
+        usage[0]["usage"],
+        json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7})
+    );
+    assert_eq!(
+        values.last().unwrap().get("usage"),
+        usage[0].get("usage"),
+        "usage comes last, before [DONE]"
+    );
+    assert_eq!(
+        values
+            .iter()
+            .filter(|v| v["choices"][0]["finish_reason"] == "stop")
+            .count(),
+        1
+    );
+
+    let seen = up.last();
+    assert_eq!(seen.body["stream"], true);
+    assert_eq!(
+        seen.body["stream_options"],
+        json!({"include_usage": true}),
+        "usage is always asked of the upstream"
+    );
+
+    let (text, values, done) = parse(&gw.chat_stream(req(false)).await);
+    assert!(done);
+    assert_eq!(text, "Hello");
+    assert!(
+        values.iter().all(|v| v.get("usage").is_none()),
+        "no usage chunk unless asked"
+    );
+    let span = gw.spans.spans().pop().unwrap();
+    assert_eq!(
+        (span.attrs.tokens_in, span.attrs.tokens_out),
+        (5, 2),
+        "the span has the stream's usage"
+    );
+}
+
+fn anthropic_config(u: &Upstream) -> String {
+    format!(
+        r#"
+providers:
+  - name: claude
+    type: anthropic
+    api_key: ak-test
+    base_url: "{}"
+    models: [claude-sonnet-4-5]
+    model_aliases: {{gpt-4o: claude-sonnet-4-5}}
+"#,
+        u.url
+    )
+}
+
+#[tokio::test]
+async fn anthropic_translation_both_ways() {
+    let up = Upstream::start().await;
+    up.reply(Reply::Json(
+        200,
+        json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}],
+            "stop_reason": "max_tokens", "usage": {"input_tokens": 12, "output_tokens": 3}
+        }),
+    ));
+    let gw = Gateway::start(&anthropic_config(&up)).await;
+    let (status, headers, body) = gw
+        .chat(json!({
+            "model": "gpt-4o",
+            "messages": [{"role": "system", "content": "One."}, {"role": "system", "content": "Two."},
+                         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Again"}],
+            "stop": ["X", "Y"], "temperature": 0.5, "seed": 1, "response_format": {"type": "json_object"}
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = up.last();
+    assert_eq!(seen.path_and_query, "/v1/messages");
+    assert_eq!(seen.header("x-api-key"), Some("ak-test"));
+    assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
+    assert!(seen.header("authorization").is_none());
+    assert_eq!(
+        seen.body,
+        json!({
+            "model": "claude-sonnet-4-5", "max_tokens": 4096, "system": "One.\n\nTwo.",
+            "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Again"}],
+            "temperature": 0.5, "stop_sequences": ["X", "Y"]
+        }),
+        "system lifted, stop renamed, max_tokens defaulted, OpenAI-only fields dropped"
+    );
+    assert_eq!(body["model"], "gpt-4o");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello there");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15})
+    );
+    assert_eq!(headers["x-infermux-model"], "claude-sonnet-4-5");
+
+    // The MIST route reaches the same adapter.
+    up.reply(Reply::Json(200, json!({"type": "message", "content": [{"type": "text", "text": "ok"}],
+                                     "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}})));
+    let resp = gw
+        .post(
+            "/infer",
+            json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}],
+                                         "params": {"max_tokens": 10}}),
+        )
+        .await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (
+            body["content"].clone(),
+            body["provider"].clone(),
+            body["finish_reason"].clone()
+        ),
+        (json!("ok"), json!("claude"), json!("stop"))
+    );
+    assert_eq!(up.last().body["max_tokens"], 10);
+}
+
+#[tokio::test]
+async fn anthropic_stream_events_become_openai_chunks() {
+    let up = Upstream::start().await;
+    up.always(Reply::Sse(vec![
+        event("message_start", json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 9, "output_tokens": 1}}})),
+        event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        event("ping", json!({"type": "ping"})),
+        event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi "}})),
+        event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "you"}})),
+        event("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 4}})),
+        event("message_stop", json!({"type": "message_stop"})),
+    ]));
+    let gw = Gateway::start(&anthropic_config(&up)).await;
+    let events = gw
+        .chat_stream(json!({"model": "claude-sonnet-4-5", "stream": true, "stream_options": {"include_usage": true},
+                            "messages": [{"role": "user", "content": "Hi"}]}))
+        .await;
+    let (text, values, done) = parse(&events);
+    assert!(done);
+    assert_eq!(text, "Hi you");
+    assert_eq!(
+        values
+            .iter()
+            .filter(|v| v["choices"][0]["finish_reason"] == "stop")
+            .count(),
+        1
+    );
+    assert_eq!(
+        values.last().unwrap()["usage"],
+        json!({"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13})
+    );
+    assert_eq!(up.last().body["stream"], true);
+}
+
+#[tokio::test]
+async fn azure_and_ollama_addressing() {
+    let up = Upstream::start().await;
+    up.always(Reply::Json(200, completion("hi", "stop")));
+    let gw = Gateway::start(&format!(
+        r#"
+providers:
+  - name: azure
+    type: azure_openai
+    api_key: az-key
+    base_url: "{0}"
+    models: [prod-gpt4o]
+  - name: local
+    type: ollama
+    base_url: "{0}/v1"
+    models: [llama3]
+"#,
+        up.url
+    ))
+    .await;
+    let (status, _, _) = gw
+        .chat(json!({"model": "prod-gpt4o", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(status, 200);
+    let seen = up.last();
+    assert_eq!(
+        seen.path_and_query,
+        "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(seen.header("api-key"), Some("az-key"));
+    assert!(seen.header("authorization").is_none());
+
+    let (status, _, _) = gw
+        .chat(json!({"model": "llama3", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(status, 200);
+    let seen = up.last();
+    assert_eq!(seen.path_and_query, "/v1/chat/completions");
+    assert!(
+        seen.header("authorization").is_none(),
+        "ollama takes no key"
+    );
+    assert_eq!(seen.body["model"], "llama3");
+}
+
+#[tokio::test]
+async fn upstream_failures_follow_the_error_table() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let cases = [
+        (
+            Reply::Json(500, json!({"error": {"message": "boom"}})),
+            502,
+            "upstream_error",
+            "boom",
+        ),
+        (
+            Reply::Json(503, json!({"error": {"message": "overloaded"}})),
+            502,
+            "upstream_error",
+            "overloaded",
+        ),
+        (
+            Reply::Json(
+                401,
+                json!({"error": {"message": "Incorrect API key provided"}}),
+            ),
+            401,
+            "upstream_rejected",
+            "Incorrect API key",
+        ),
+        (
+            Reply::Json(
+                400,
+                json!({"error": {"message": "max_tokens is too large"}}),
+            ),
+            400,
+            "upstream_rejected",
+            "max_tokens is too large",
+        ),
+        (
+            Reply::Json(
+                404,
+                json!({"error": {"message": "The model does not exist"}}),
+            ),
+            404,
+            "upstream_rejected",
+            "does not exist",
+        ),
+        (
+            Reply::Json(429, json!({"error": {"message": "Rate limit reached"}})),
+            429,
+            "rate_limit",
+            "Rate limit reached",
+        ),
+        (
+            Reply::Raw(200, "application/json", "{not json".into()),
+            502,
+            "upstream_error",
+            "unreadable",
+        ),
+        (
+            Reply::Raw(502, "text/html", "<html>bad gateway</html>".into()),
+            502,
+            "upstream_error",
+            "bad gateway",
+        ),
+        (
+            Reply::Json(200, json!({"error": {"message": "quota"}})),
+            502,
+            "upstream_error",
+            "quota",
+        ),
+        (
+            Reply::Json(200, json!({"choices": []})),
+            502,
+            "upstream_error",
+            "no choices",
+        ),
+    ];
+    for (reply, status, code, text) in cases {
+        up.reply(reply);
+        let (got, _, body) = gw
+            .chat(json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
+            .await;
+        assert_eq!(got, status, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(text), "{message}");
+        assert!(!message.contains("sk-test"), "no secrets in errors");
+    }
+    // A stream request answered without an event stream.
+    up.reply(Reply::Json(200, completion("not a stream", "stop")));
+    let resp = gw.post("/v1/chat/completions", json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(resp.status(), 502);
+}
+
+#[tokio::test]
+async fn a_connection_refused_upstream_is_a_502_and_a_hang_is_a_504() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = listener.local_addr().unwrap();
+    drop(listener);
+    let hang = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+providers:
+  - name: dead
+    type: openai
+    base_url: "http://{dead}/v1"
+    models: [d]
+  - name: slow
+    type: openai
+    base_url: "http://{hang_addr}/v1"
+    timeout: 300ms
+    models: [s]
+"#
+    ))
+    .await;
+    let (status, _, body) = gw
+        .chat(json!({"model": "d", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("upstream_error")),
+        "{body}"
+    );
+    let started = Instant::now();
+    let (status, _, body) = gw
+        .chat(json!({"model": "s", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (504, Some("upstream_timeout")),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn an_upstream_that_dies_mid_stream_ends_the_stream_with_an_error_event() {
+    let up = Upstream::start().await;
+    let mut events = openai_stream_events();
+    events.truncate(2); // the role chunk and "Hel", then the connection ends
+    up.always(Reply::Sse(events));
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let events = gw.chat_stream(json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error", "{events:?}");
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    assert!(
+        events.iter().any(|e| e.contains("Hel")),
+        "what arrived was forwarded"
+    );
+    let span = gw.spans.spans().pop().unwrap();
+    assert_eq!(span.attrs.error_code, Some("upstream_error"));
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_request() {
+    let up = Upstream::start().await;
+    let mut events = openai_stream_events();
+    events.truncate(2);
+    up.always(Reply::SseHang(events));
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let mut resp = gw.post("/v1/chat/completions", json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    drop(resp);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.abandoned() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream was never abandoned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.spans.spans().is_empty() {
+        assert!(Instant::now() < deadline, "no span");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.spans.spans()[0].attrs.error_code, Some("cancelled"));
+}
+
+#[tokio::test]
+async fn malformed_chat_requests_are_400s_naming_the_field() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let cases = [
+        (json!({"model": "gpt-4o", "messages": []}), "messages:"),
+        (json!({"model": "gpt-4o"}), "body: missing field `messages`"),
+        (
+            json!({"model": "gpt-4o", "messages": "hi"}),
+            "messages: invalid type",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "wizard", "content": "x"}]}),
+            "messages[0].role:",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}),
+            "n: 0",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3}),
+            "params.max_tokens:",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}),
+            "temperature: invalid type",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            "messages[0].content[0].type:",
+        ),
+    ];
+    for (req, want) in cases {
+        let (status, _, body) = gw.chat(req).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_request");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(want), "want {want:?}, got {message:?}");
+    }
+    assert!(
+        up.seen().is_empty(),
+        "nothing malformed reached the upstream"
+    );
+    let (status, _, body) = gw
+        .chat(json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn models_lists_every_routable_model_and_alias() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let body: Value = gw
+        .client
+        .get(format!("{}/v1/models", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["object"], "list");
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["gpt-4o", "gpt-4o-mini", "fast"]);
+    assert!(
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["object"] == "model" && m["owned_by"] == "openai")
+    );
+}

@@ -1,0 +1,172 @@
+//! A fake upstream provider: a real HTTP server on 127.0.0.1:0 that records every
+//! request it gets and answers from a script.
+#![allow(dead_code, reason = "each test file uses part of it")]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+/// One request the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Json(u16, Value),
+    Raw(u16, &'static str, String),
+    /// An event stream: each string is written as is, in order.
+    Sse(Vec<String>),
+    /// An event stream that sends these events, then stays open (sending
+    /// keep-alive comments) until the client goes away.
+    SseHang(Vec<String>),
+}
+
+#[derive(Default)]
+struct Inner {
+    seen: Mutex<Vec<Seen>>,
+    script: Mutex<VecDeque<Reply>>,
+    fallback: Mutex<Option<Reply>>,
+    /// Streams whose body was dropped before it ended (client went away).
+    abandoned: AtomicUsize,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub url: String,
+    inner: Arc<Inner>,
+}
+
+struct DropCounter(Arc<Inner>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.abandoned.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let inner: Arc<Inner> = Arc::default();
+        let state = inner.clone();
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
+            let state = state.clone();
+            async move { answer(&state, &uri, headers, &body) }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Upstream { url, inner }
+    }
+
+    pub fn reply(&self, r: Reply) -> &Self {
+        self.inner.script.lock().unwrap().push_back(r);
+        self
+    }
+
+    pub fn always(&self, r: Reply) -> &Self {
+        *self.inner.fallback.lock().unwrap() = Some(r);
+        self
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.inner.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream got no request")
+    }
+
+    pub fn abandoned(&self) -> usize {
+        self.inner.abandoned.load(Ordering::SeqCst)
+    }
+}
+
+fn answer(state: &Arc<Inner>, uri: &Uri, headers: HeaderMap, body: &[u8]) -> Response {
+    state.seen.lock().unwrap().push(Seen {
+        path_and_query: uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers,
+        body: serde_json::from_slice(body).unwrap_or(Value::Null),
+    });
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .or_else(|| state.fallback.lock().unwrap().clone())
+        .unwrap_or(Reply::Json(
+            500,
+            serde_json::json!({"error": {"message": "no scripted reply"}}),
+        ));
+    let builder = |status: u16, ct: &str| {
+        Response::builder()
+            .status(StatusCode::from_u16(status).unwrap())
+            .header("content-type", ct)
+    };
+    match reply {
+        Reply::Json(status, v) => builder(status, "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap(),
+        Reply::Raw(status, ct, text) => builder(status, ct).body(Body::from(text)).unwrap(),
+        Reply::Sse(events) => {
+            let stream = futures_util::stream::iter(
+                events
+                    .into_iter()
+                    .map(|e| Ok::<_, Infallible>(Bytes::from(e))),
+            );
+            builder(200, "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Reply::SseHang(events) => {
+            let guard = DropCounter(state.clone());
+            let head = futures_util::stream::iter(
+                events
+                    .into_iter()
+                    .map(|e| Ok::<_, Infallible>(Bytes::from(e))),
+            );
+            let tail = futures_util::stream::unfold(guard, |guard| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((
+                    Ok::<_, Infallible>(Bytes::from_static(b": keep-alive\n\n")),
+                    guard,
+                ))
+            });
+            use futures_util::StreamExt;
+            builder(200, "text/event-stream")
+                .body(Body::from_stream(head.chain(tail)))
+                .unwrap()
+        }
+    }
+}
+
+/// An OpenAI `data:` event.
+pub fn data(v: Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// An Anthropic event with its name.
+pub fn event(name: &str, v: Value) -> String {
+    format!("event: {name}\ndata: {v}\n\n")
+}
