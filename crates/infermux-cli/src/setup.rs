@@ -60,6 +60,19 @@ pub fn registry(config: Option<&Config>) -> Result<Arc<Registry>, String> {
     Ok(Arc::new(registry))
 }
 
+/// The router every command uses: the registry, span sink and the config's prices.
+pub fn router(
+    config: Option<&Config>,
+    registry: Arc<Registry>,
+    spans: Arc<dyn SpanSink>,
+) -> Router {
+    let router = Router::new(registry, spans);
+    match config {
+        Some(c) => router.with_pricing(infermux::cost::Pricing::new(&c.pricing)),
+        None => router,
+    }
+}
+
 /// Runs one server: builds the registry, the span reporter and the listener from
 /// `args`, hands the listener and a router to `serve`, and flushes spans after
 /// it returns. `kind` names the server in logs; its address comes from the flag
@@ -101,7 +114,7 @@ where
             .map(|e| e.name.to_string())
             .collect();
         tracing::info!(addr = %local, providers = ?providers, "infermux {kind} server listening");
-        serve(listener, Router::new(registry, spans))
+        serve(listener, router(config.as_ref(), registry, spans))
             .await
             .map_err(|e| format!("server error: {e}"))?;
         if let Some(task) = reporter {

@@ -168,6 +168,16 @@ async fn openai_requests_and_responses_translate_field_by_field() {
     assert_eq!(headers["x-infermux-model"], "gpt-4o-mini");
     assert_eq!(headers["x-infermux-prompt-tokens"], "11");
     assert_eq!(headers["x-infermux-completion-tokens"], "7");
+    // Built-in price of gpt-4o-mini: $0.15 in, $0.60 out per million tokens.
+    let cost: f64 = headers["x-infermux-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (cost - (11.0 * 0.15 + 7.0 * 0.60) / 1e6).abs() < 1e-15,
+        "{cost}"
+    );
 
     let span = &gw.spans.spans()[0];
     assert_eq!(
@@ -711,5 +721,76 @@ async fn models_lists_every_routable_model_and_alias() {
             .unwrap()
             .iter()
             .all(|m| m["object"] == "model" && m["owned_by"] == "openai")
+    );
+}
+
+#[tokio::test]
+async fn configured_prices_override_the_built_in_table() {
+    let up = Upstream::start().await;
+    up.always(Reply::Json(200, completion("x", "stop")));
+    let yaml = format!(
+        "{}pricing:\n  openai: {{gpt-4o: {{input_per_million: 1.0, output_per_million: 3.0}}}}\n",
+        openai_config(&up)
+    );
+    let config = Config::parse(&yaml, &HashMap::<String, String>::new(), true).unwrap();
+    let registry = infermux_providers::registry_from_config(&config).unwrap();
+    let spans = Arc::new(RecordingSink::default());
+    let router = Router::new(Arc::new(registry), spans.clone())
+        .with_pricing(infermux::cost::Pricing::new(&config.pricing));
+    let resp = router
+        .infer(&infermux::InferRequest::prompt("gpt-4o", "x"))
+        .await
+        .unwrap();
+    assert!(
+        (resp.cost_usd - (11.0 * 1.0 + 7.0 * 3.0) / 1e6).abs() < 1e-15,
+        "{}",
+        resp.cost_usd
+    );
+    assert!((spans.spans()[0].attrs.cost_usd - resp.cost_usd).abs() < 1e-18);
+    // Not configured: the built-in price of gpt-4o-mini.
+    let resp = router
+        .infer(&infermux::InferRequest::prompt("fast", "x"))
+        .await
+        .unwrap();
+    assert!((resp.cost_usd - (11.0 * 0.15 + 7.0 * 0.60) / 1e6).abs() < 1e-15);
+}
+
+#[tokio::test]
+async fn missing_upstream_usage_is_estimated_with_the_tokenizer_and_flagged() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&openai_config(&up)).await;
+    up.reply(Reply::Json(200, json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}]})));
+    let resp = gw
+        .post(
+            "/infer",
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello world"}]}),
+        )
+        .await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["usage_estimated"], true, "{body}");
+    assert_eq!(
+        body["tokens_out"], 2,
+        "\"Hello world\" is 2 tokens in o200k_base"
+    );
+    assert_eq!(body["tokens_in"], 3 + 2 + 1 + 3);
+    assert!(body["cost_usd"].as_f64().unwrap() > 0.0);
+    assert!(gw.spans.spans()[0].attrs.usage_estimated);
+
+    // A stream whose upstream sends no usage: the usage chunk carries the estimate.
+    let mut events = openai_stream_events();
+    events.remove(4);
+    up.reply(Reply::Sse(events));
+    let events = gw
+        .chat_stream(
+            json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true},
+                            "messages": [{"role": "user", "content": "Hello world"}]}),
+        )
+        .await;
+    let (text, values, done) = parse(&events);
+    assert!(done);
+    assert_eq!(text, "Hello");
+    assert_eq!(
+        values.last().unwrap()["usage"],
+        json!({"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10})
     );
 }

@@ -18,7 +18,7 @@ use infermux::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::http;
+use crate::{http, tokens};
 
 /// The `anthropic-version` header sent with every call.
 pub const API_VERSION: &str = "2023-06-01";
@@ -237,14 +237,17 @@ impl Provider for AnthropicProvider {
             .filter(|b| b.kind == "text")
             .map(|b| b.text.as_str())
             .collect();
-        let usage = parsed.usage;
+        let (tokens_in, tokens_out, usage_estimated) = match parsed.usage {
+            Some(u) => (u.input_tokens, u.output_tokens, false),
+            None => (tokens::prompt(&req.messages), tokens::count(&content), true),
+        };
         Ok(InferResponse {
             content,
-            tokens_in: usage.map_or(0, |u| u.input_tokens),
-            tokens_out: usage.map_or(0, |u| u.output_tokens),
+            tokens_in,
+            tokens_out,
             finish_reason: finish_reason(parsed.stop_reason.as_deref().unwrap_or("end_turn"))
                 .to_owned(),
-            usage_estimated: usage.is_none(),
+            usage_estimated,
             ..Default::default()
         })
     }
@@ -261,47 +264,52 @@ impl Provider for AnthropicProvider {
         }
         let resp = http::expect_event_stream(resp, &self.name).await?;
         let provider: Arc<str> = Arc::from(self.name.as_str());
-        Ok(http::chunk_stream(resp, self.name.clone(), move |event| {
-            let parsed: StreamEvent = serde_json::from_str(&event.data).map_err(|e| {
-                ProviderError::Unavailable(format!(
-                    "provider \"{provider}\" sent an unreadable stream event: {e}"
-                ))
-            })?;
-            let mut chunk = InferChunk::default();
-            match parsed.kind.as_str() {
-                "message_start" => {
-                    chunk.tokens_in = parsed
-                        .message
-                        .and_then(|m| m.usage)
-                        .unwrap_or_default()
-                        .input_tokens;
-                }
-                "content_block_delta" => match parsed.delta {
-                    Some(Delta {
-                        kind: Some(k),
-                        text: Some(text),
-                        ..
-                    }) if k == "text_delta" => chunk.delta = text,
-                    _ => return Ok(http::Step::Skip),
-                },
-                "message_delta" => {
-                    if let Some(reason) = parsed.delta.and_then(|d| d.stop_reason) {
-                        chunk.finish_reason = finish_reason(&reason).to_owned();
+        Ok(http::chunk_stream(
+            resp,
+            self.name.clone(),
+            &req.messages,
+            move |event| {
+                let parsed: StreamEvent = serde_json::from_str(&event.data).map_err(|e| {
+                    ProviderError::Unavailable(format!(
+                        "provider \"{provider}\" sent an unreadable stream event: {e}"
+                    ))
+                })?;
+                let mut chunk = InferChunk::default();
+                match parsed.kind.as_str() {
+                    "message_start" => {
+                        chunk.tokens_in = parsed
+                            .message
+                            .and_then(|m| m.usage)
+                            .unwrap_or_default()
+                            .input_tokens;
                     }
-                    chunk.tokens_out = parsed.usage.unwrap_or_default().output_tokens;
+                    "content_block_delta" => match parsed.delta {
+                        Some(Delta {
+                            kind: Some(k),
+                            text: Some(text),
+                            ..
+                        }) if k == "text_delta" => chunk.delta = text,
+                        _ => return Ok(http::Step::Skip),
+                    },
+                    "message_delta" => {
+                        if let Some(reason) = parsed.delta.and_then(|d| d.stop_reason) {
+                            chunk.finish_reason = finish_reason(&reason).to_owned();
+                        }
+                        chunk.tokens_out = parsed.usage.unwrap_or_default().output_tokens;
+                    }
+                    "message_stop" => return Ok(http::Step::Done),
+                    "error" => {
+                        let message = parsed.error.map(|e| e.message).unwrap_or_default();
+                        return Err(ProviderError::Unavailable(format!(
+                            "provider \"{provider}\" failed mid-stream: {message}"
+                        )));
+                    }
+                    // ping, content_block_start, content_block_stop, and new event types.
+                    _ => return Ok(http::Step::Skip),
                 }
-                "message_stop" => return Ok(http::Step::Done),
-                "error" => {
-                    let message = parsed.error.map(|e| e.message).unwrap_or_default();
-                    return Err(ProviderError::Unavailable(format!(
-                        "provider \"{provider}\" failed mid-stream: {message}"
-                    )));
-                }
-                // ping, content_block_start, content_block_stop, and new event types.
-                _ => return Ok(http::Step::Skip),
-            }
-            Ok(http::Step::Chunk(chunk))
-        }))
+                Ok(http::Step::Chunk(chunk))
+            },
+        ))
     }
 }
 

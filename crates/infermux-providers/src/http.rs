@@ -187,13 +187,23 @@ struct ChunkState<F> {
     parse: F,
     provider: String,
     done: bool,
+    /// For an estimate when the upstream reports no usage.
+    prompt: Vec<infermux::ChatMessage>,
+    text: String,
+    saw_usage: bool,
 }
 
 /// Turns an SSE response into the provider's chunk stream, `parse` reading each
 /// event as it arrives. The stream ends at [`Step::Done`]; an upstream that
 /// closes before it ends the stream with a retryable error, never a silently
-/// truncated reply.
-pub fn chunk_stream<F>(resp: reqwest::Response, provider: String, parse: F) -> infermux::ChunkStream
+/// truncated reply. When the upstream reported no usage by then, a last chunk
+/// carries an estimate (see [`crate::tokens`]).
+pub fn chunk_stream<F>(
+    resp: reqwest::Response,
+    provider: String,
+    prompt: &[infermux::ChatMessage],
+    parse: F,
+) -> infermux::ChunkStream
 where
     F: FnMut(&sse::Event) -> Result<Step, ProviderError> + Send + 'static,
 {
@@ -202,6 +212,9 @@ where
         parse,
         provider,
         done: false,
+        prompt: prompt.to_vec(),
+        text: String::new(),
+        saw_usage: false,
     };
     Box::pin(futures_util::stream::unfold(state, |mut s| async move {
         if s.done {
@@ -215,7 +228,18 @@ where
                 )),
                 Some(Err(e)) => e,
                 Some(Ok(event)) => match (s.parse)(&event) {
-                    Ok(Step::Done) => return None,
+                    Ok(Step::Done) => {
+                        s.done = true;
+                        if s.saw_usage {
+                            return None;
+                        }
+                        let estimate = infermux::InferChunk {
+                            tokens_in: crate::tokens::prompt(&s.prompt),
+                            tokens_out: crate::tokens::count(&s.text),
+                            ..Default::default()
+                        };
+                        return Some((Ok(estimate), s));
+                    }
                     Ok(Step::Skip) => continue,
                     Ok(Step::Chunk(c)) => {
                         if c.delta.is_empty()
@@ -225,6 +249,8 @@ where
                         {
                             continue;
                         }
+                        s.saw_usage |= c.tokens_in > 0 || c.tokens_out > 0;
+                        s.text.push_str(&c.delta);
                         return Some((Ok(c), s));
                     }
                     Err(e) => e,

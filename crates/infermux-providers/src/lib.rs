@@ -7,6 +7,7 @@
 //!   events translated.
 //! - `http`: the pooled client, upstream error classification, SSE streams.
 //! - [`sse`]: the incremental Server-Sent Events decoder.
+//! - [`tokens`]: token estimates (tiktoken) when an upstream reports no usage.
 //!
 //! [`registry_from_config`] builds a registry from a validated config file.
 
@@ -14,6 +15,7 @@ pub mod anthropic;
 mod http;
 pub mod openai;
 pub mod sse;
+pub mod tokens;
 
 use std::sync::Arc;
 

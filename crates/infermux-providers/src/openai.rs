@@ -13,7 +13,7 @@ use infermux::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::http;
+use crate::{http, tokens};
 
 /// How the upstream wants to be addressed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,13 +243,17 @@ impl Provider for OpenAiProvider {
                 self.name
             )));
         };
-        let usage = parsed.usage;
+        let content = choice.message.and_then(|m| m.content).unwrap_or_default();
+        let (tokens_in, tokens_out, usage_estimated) = match parsed.usage {
+            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
+            None => (tokens::prompt(&req.messages), tokens::count(&content), true),
+        };
         Ok(InferResponse {
-            content: choice.message.and_then(|m| m.content).unwrap_or_default(),
-            tokens_in: usage.map_or(0, |u| u.prompt_tokens),
-            tokens_out: usage.map_or(0, |u| u.completion_tokens),
+            content,
+            tokens_in,
+            tokens_out,
             finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".to_owned()),
-            usage_estimated: usage.is_none(),
+            usage_estimated,
             ..Default::default()
         })
     }
@@ -266,28 +270,33 @@ impl Provider for OpenAiProvider {
         }
         let resp = http::expect_event_stream(resp, &self.name).await?;
         let provider: Arc<str> = Arc::from(self.name.as_str());
-        Ok(http::chunk_stream(resp, self.name.clone(), move |event| {
-            if event.data == "[DONE]" {
-                return Ok(http::Step::Done);
-            }
-            let parsed: ChatResponse = serde_json::from_str(&event.data).map_err(|e| {
-                ProviderError::Unavailable(format!(
-                    "provider \"{provider}\" sent an unreadable stream event: {e}"
-                ))
-            })?;
-            if let Some(error) = &parsed.error {
-                return Err(error_body(&provider, error));
-            }
-            let mut chunk = InferChunk::default();
-            if let Some(choice) = parsed.choices.into_iter().next() {
-                chunk.delta = choice.delta.and_then(|d| d.content).unwrap_or_default();
-                chunk.finish_reason = choice.finish_reason.unwrap_or_default();
-            }
-            if let Some(u) = parsed.usage {
-                chunk.tokens_in = u.prompt_tokens;
-                chunk.tokens_out = u.completion_tokens;
-            }
-            Ok(http::Step::Chunk(chunk))
-        }))
+        Ok(http::chunk_stream(
+            resp,
+            self.name.clone(),
+            &req.messages,
+            move |event| {
+                if event.data == "[DONE]" {
+                    return Ok(http::Step::Done);
+                }
+                let parsed: ChatResponse = serde_json::from_str(&event.data).map_err(|e| {
+                    ProviderError::Unavailable(format!(
+                        "provider \"{provider}\" sent an unreadable stream event: {e}"
+                    ))
+                })?;
+                if let Some(error) = &parsed.error {
+                    return Err(error_body(&provider, error));
+                }
+                let mut chunk = InferChunk::default();
+                if let Some(choice) = parsed.choices.into_iter().next() {
+                    chunk.delta = choice.delta.and_then(|d| d.content).unwrap_or_default();
+                    chunk.finish_reason = choice.finish_reason.unwrap_or_default();
+                }
+                if let Some(u) = parsed.usage {
+                    chunk.tokens_in = u.prompt_tokens;
+                    chunk.tokens_out = u.completion_tokens;
+                }
+                Ok(http::Step::Chunk(chunk))
+            },
+        ))
     }
 }

@@ -16,6 +16,7 @@
 //!   gRPC codes and the public `code` strings.
 
 pub mod config;
+pub mod cost;
 pub mod echo;
 pub mod envelope;
 pub mod error;

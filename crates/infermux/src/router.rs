@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 use futures_util::FutureExt;
 
+use crate::config::Price;
+use crate::cost::{Pricing, price_of};
 use crate::error::{Error, ErrorKind, ProviderError};
 use crate::provider::{CallContext, ChunkStream};
 use crate::registry::{Registry, Route};
@@ -44,6 +46,7 @@ pub struct Routed {
 pub struct Router {
     registry: Arc<Registry>,
     spans: Arc<dyn SpanSink>,
+    pricing: Arc<Pricing>,
 }
 
 impl std::fmt::Debug for Router {
@@ -57,7 +60,18 @@ impl std::fmt::Debug for Router {
 impl Router {
     /// A router over `registry` that reports spans to `spans`.
     pub fn new(registry: Arc<Registry>, spans: Arc<dyn SpanSink>) -> Self {
-        Router { registry, spans }
+        Router {
+            registry,
+            spans,
+            pricing: Arc::new(Pricing::default()),
+        }
+    }
+
+    /// The same router pricing calls with `pricing` (config overrides on top of
+    /// the built-in table).
+    pub fn with_pricing(mut self, pricing: Pricing) -> Self {
+        self.pricing = Arc::new(pricing);
+        self
     }
 
     /// A router that reports no spans.
@@ -106,6 +120,12 @@ impl Router {
         let mut response = outcome
             .map_err(|_| panicked(&route))?
             .map_err(Error::from)?;
+        response.cost_usd = self.cost(
+            &route,
+            response.tokens_in,
+            response.tokens_out,
+            response.cost_usd,
+        );
         response.model = caller_model(req, &route);
         response.provider = route.provider_name.to_string();
         response.latency_ms = elapsed_ms(span.started);
@@ -141,6 +161,12 @@ impl Router {
         .await;
         match opened {
             Ok((route, inner)) => Ok(RoutedStream {
+                pricing: (
+                    self.pricing
+                        .configured(&route.provider_name, &route.upstream_model),
+                    self.pricing
+                        .price(&route.provider_name, &route.upstream_model),
+                ),
                 model: caller_model(req, &route),
                 provider: route.provider_name.to_string(),
                 upstream_model: route.upstream_model,
@@ -153,6 +179,24 @@ impl Router {
                 span.finish_err(&e);
                 Err(e)
             }
+        }
+    }
+
+    /// The cost of a call: a configured price always wins; otherwise the
+    /// provider's own figure, or failing that the built-in table.
+    fn cost(&self, route: &Route, tokens_in: u64, tokens_out: u64, reported: f64) -> f64 {
+        match self
+            .pricing
+            .configured(&route.provider_name, &route.upstream_model)
+        {
+            Some(price) => price_of(price, tokens_in, tokens_out),
+            None if reported > 0.0 => reported,
+            None => self.pricing.cost(
+                &route.provider_name,
+                &route.upstream_model,
+                tokens_in,
+                tokens_out,
+            ),
         }
     }
 
@@ -256,6 +300,7 @@ impl PendingSpan {
         self.attrs.tokens_out = resp.tokens_out;
         self.attrs.cost_usd = resp.cost_usd;
         self.attrs.finish_reason.clone_from(&resp.finish_reason);
+        self.attrs.usage_estimated = resp.usage_estimated;
         self.report(SpanStatus::Ok);
     }
 
@@ -309,6 +354,8 @@ pub struct RoutedStream {
     pub provider: String,
     pub upstream_model: Arc<str>,
     inner: ChunkStream,
+    /// The configured price, and the price in force (configured or built in).
+    pricing: (Option<Price>, Option<Price>),
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     span: PendingSpan,
     done: bool,
@@ -372,6 +419,14 @@ impl Stream for RoutedStream {
         };
         match next {
             Some(Ok(mut chunk)) => {
+                if chunk.tokens_in > 0 || chunk.tokens_out > 0 {
+                    chunk.cost_usd = match this.pricing {
+                        (Some(price), _) => price_of(price, chunk.tokens_in, chunk.tokens_out),
+                        (None, _) if chunk.cost_usd > 0.0 => chunk.cost_usd,
+                        (None, Some(price)) => price_of(price, chunk.tokens_in, chunk.tokens_out),
+                        (None, None) => 0.0,
+                    };
+                }
                 chunk.model.clone_from(&this.model);
                 chunk.provider.clone_from(&this.provider);
                 let attrs = &mut this.span.attrs;

@@ -156,6 +156,9 @@ pub struct SpanAttrs {
     pub cost_usd: f64,
     pub latency_ms: u64,
     pub finish_reason: String,
+    /// The token counts are an estimate: the provider reported no usage.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub usage_estimated: bool,
     /// Public error message, on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -263,6 +266,7 @@ mod tests {
                 cost_usd: 0.5,
                 latency_ms: 7,
                 finish_reason: "stop".into(),
+                usage_estimated: false,
                 error: None,
                 error_code: None,
             },

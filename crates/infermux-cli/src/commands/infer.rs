@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use infermux::InferRequest;
 use infermux::router::RequestContext;
-use infermux::{InferRequest, Router};
 
 use crate::cli::InferArgs;
 use crate::setup;
@@ -12,7 +12,11 @@ use crate::setup;
 pub fn run(args: InferArgs) -> Result<ExitCode, String> {
     let config = setup::load_config(args.config.as_deref())?;
     let registry = setup::registry(config.as_ref())?;
-    let router = Router::without_spans(registry);
+    let router = setup::router(
+        config.as_ref(),
+        registry,
+        std::sync::Arc::new(infermux::NoopSink),
+    );
     let mut req = InferRequest::prompt(args.model, args.prompt);
     req.provider = args.provider.unwrap_or_default();
     let ctx = RequestContext {
