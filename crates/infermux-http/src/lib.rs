@@ -41,6 +41,7 @@ pub fn app(router: Router) -> axum::Router {
         .route("/providers", get(routes::providers))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/embeddings", post(openai::embeddings))
         .route("/_infermux/health", get(routes::health))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

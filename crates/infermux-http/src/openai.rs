@@ -454,3 +454,130 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     })
     .into_response()
 }
+
+/// An embeddings request, as OpenAI defines it.
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    #[serde(default)]
+    model: String,
+    input: EmbeddingInput,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    provider: String,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    /// Token arrays: accepted by OpenAI, not by infermux.
+    Tokens(#[expect(dead_code, reason = "matched only to be refused")] Vec<serde::de::IgnoredAny>),
+}
+
+#[derive(Serialize)]
+struct EmbeddingList<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingEntry>,
+    model: &'a str,
+    usage: EmbeddingUsage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingEntry {
+    object: &'static str,
+    index: usize,
+    embedding: Value,
+}
+
+#[derive(Serialize)]
+struct EmbeddingUsage {
+    prompt_tokens: u64,
+    total_tokens: u64,
+}
+
+/// `POST /v1/embeddings`: routed to embedding-capable providers. Answers floats,
+/// or little-endian f32 in base64 when `encoding_format` is `base64` (the
+/// official SDKs ask for that by default).
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    Traceparent(trace): Traceparent,
+    JsonBytes(body): JsonBytes,
+) -> Result<Response, ApiError> {
+    use base64::Engine;
+
+    let parsed: EmbeddingsRequest = json::from_slice(&body)?;
+    let input = match parsed.input {
+        EmbeddingInput::One(s) => vec![s],
+        EmbeddingInput::Many(v) => v,
+        EmbeddingInput::Tokens(_) => {
+            return Err(Error::invalid("input: token arrays are not supported (send text)").into());
+        }
+    };
+    let base64 = match parsed.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "encoding_format: \"{}\" is not float or base64",
+                infermux::validate::truncate(other, 32)
+            ))
+            .into());
+        }
+    };
+    let req = infermux::EmbedRequest {
+        model: parsed.model,
+        provider: parsed.provider,
+        input,
+        extra: (!parsed.extra.is_empty()).then(|| Arc::new(parsed.extra)),
+    };
+    let ctx = RequestContext {
+        trace,
+        timeout: None,
+    };
+    let (resp, upstream_model) = state.router.embed(&req, &ctx).await?;
+    let data = resp
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(index, v)| EmbeddingEntry {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                Value::from(v.clone())
+            },
+        })
+        .collect();
+    let list = EmbeddingList {
+        object: "list",
+        data,
+        model: &resp.model,
+        usage: EmbeddingUsage {
+            prompt_tokens: resp.tokens_in,
+            total_tokens: resp.tokens_in,
+        },
+    };
+    let bytes = serde_json::to_vec(&list)
+        .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    crate::routes::route_headers(&mut headers, &resp.provider, &upstream_model);
+    if let Ok(v) = HeaderValue::from_str(&resp.cost_usd.to_string()) {
+        headers.insert("x-infermux-cost", v);
+    }
+    headers.insert(
+        "x-infermux-prompt-tokens",
+        HeaderValue::from(resp.tokens_in),
+    );
+    headers.insert("x-infermux-latency-ms", HeaderValue::from(resp.latency_ms));
+    Ok((StatusCode::OK, headers, bytes).into_response())
+}

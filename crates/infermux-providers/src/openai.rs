@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use infermux::config::{ProviderConfig, ProviderKind};
 use infermux::{
-    CallContext, ChunkStream, InferChunk, InferRequest, InferResponse, Provider, ProviderError,
+    CallContext, ChunkStream, EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse,
+    Provider, ProviderError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -203,6 +204,36 @@ fn error_body(provider: &str, error: &Value) -> ProviderError {
     ))
 }
 
+#[derive(Serialize)]
+struct EmbeddingsRequest<'a> {
+    model: &'a str,
+    input: &'a [String],
+    encoding_format: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsResponse {
+    #[serde(default)]
+    data: Vec<EmbeddingItem>,
+    usage: Option<EmbeddingUsage>,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingItem {
+    #[serde(default)]
+    index: usize,
+    embedding: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+}
+
 #[async_trait]
 impl Provider for OpenAiProvider {
     fn name(&self) -> &str {
@@ -254,6 +285,52 @@ impl Provider for OpenAiProvider {
             tokens_out,
             finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".to_owned()),
             usage_estimated,
+            ..Default::default()
+        })
+    }
+
+    async fn embed(
+        &self,
+        ctx: &CallContext<'_>,
+        req: &EmbedRequest,
+    ) -> Result<EmbedResponse, ProviderError> {
+        let body = EmbeddingsRequest {
+            model: ctx.model,
+            input: &req.input,
+            encoding_format: "float",
+            extra: req.extra.as_deref().map(|m| m as &Map<String, Value>),
+        };
+        let resp = http::send(
+            self.post(ctx, "embeddings")
+                .timeout(self.timeout)
+                .json(&body),
+            &self.name,
+        )
+        .await?;
+        if !resp.status().is_success() {
+            return Err(http::error_from(resp, &self.name).await);
+        }
+        let parsed: EmbeddingsResponse = http::json_body(resp, &self.name).await?;
+        if let Some(error) = &parsed.error {
+            return Err(error_body(&self.name, error));
+        }
+        if parsed.data.len() != req.input.len() {
+            return Err(ProviderError::Unavailable(format!(
+                "provider \"{}\" returned {} embeddings for {} inputs",
+                self.name,
+                parsed.data.len(),
+                req.input.len()
+            )));
+        }
+        let mut data = parsed.data;
+        data.sort_by_key(|d| d.index);
+        let tokens_in = match parsed.usage {
+            Some(u) => u.prompt_tokens,
+            None => req.input.iter().map(|t| tokens::count(t)).sum(),
+        };
+        Ok(EmbedResponse {
+            embeddings: data.into_iter().map(|d| d.embedding).collect(),
+            tokens_in,
             ..Default::default()
         })
     }

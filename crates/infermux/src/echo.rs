@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::error::ProviderError;
 use crate::provider::{CallContext, ChunkStream, Provider};
-use crate::types::{InferChunk, InferRequest, InferResponse};
+use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse};
 
 /// The echo provider's default model.
 pub const ECHO_MODEL: &str = "echo-v1";
@@ -108,6 +108,23 @@ impl Provider for EchoProvider {
         })
     }
 
+    /// A deterministic 8-dimension unit vector per text (a hash of its bytes), so
+    /// embedding clients can be tested with no network.
+    async fn embed(
+        &self,
+        _ctx: &CallContext<'_>,
+        req: &EmbedRequest,
+    ) -> Result<EmbedResponse, ProviderError> {
+        let embeddings = req.input.iter().map(|t| echo_vector(t)).collect();
+        let tokens_in: u64 = req.input.iter().map(|t| (t.len() / 4) as u64).sum();
+        Ok(EmbedResponse {
+            embeddings,
+            tokens_in,
+            cost_usd: tokens_in as f64 / USD_PER_TOKEN_DIVISOR,
+            ..Default::default()
+        })
+    }
+
     /// Streams the reply word by word; the last chunk carries usage and cost.
     async fn infer_stream(
         &self,
@@ -139,6 +156,25 @@ impl Provider for EchoProvider {
             .collect();
         Ok(Box::pin(futures_util::stream::iter(chunks)))
     }
+}
+
+fn echo_vector(text: &str) -> Vec<f32> {
+    // FNV-1a, then 8 components from its rotations, normalized.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let raw: Vec<f32> = (0..8)
+        .map(|i| ((h.rotate_left(i * 8) & 0xffff) as f32 / 32768.0) - 1.0)
+        .collect();
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    raw.into_iter().map(|x| x / norm).collect()
 }
 
 #[cfg(test)]

@@ -37,7 +37,9 @@ pub use provider::{CallContext, ChunkStream, Provider};
 pub use registry::Registry;
 pub use router::{RequestContext, Router};
 pub use trace::{NoopSink, SpanSink, TraceContext, TraceSpan};
-pub use types::{ChatMessage, InferChunk, InferRequest, InferResponse, Params, Role};
+pub use types::{
+    ChatMessage, EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, Params, Role,
+};
 
 /// Maximum size of one MIST message or HTTP request body, in bytes (10 MiB).
 pub const MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;

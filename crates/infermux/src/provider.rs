@@ -8,7 +8,7 @@ use futures_core::Stream;
 
 use crate::error::ProviderError;
 use crate::trace::{Id128, TraceContext};
-use crate::types::{InferChunk, InferRequest, InferResponse};
+use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse};
 
 /// A stream of reply chunks; the last one carries usage, cost and finish reason.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<InferChunk, ProviderError>> + Send>>;
@@ -81,6 +81,18 @@ pub trait Provider: Send + Sync + 'static {
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError>;
+
+    /// Embeds texts. The default says this provider cannot.
+    async fn embed(
+        &self,
+        _ctx: &CallContext<'_>,
+        _req: &EmbedRequest,
+    ) -> Result<EmbedResponse, ProviderError> {
+        Err(ProviderError::InvalidRequest(format!(
+            "provider \"{}\" does not serve embeddings",
+            self.name()
+        )))
+    }
 
     /// Streams one inference call. The default runs [`Provider::infer`] and yields
     /// its whole reply as a single final chunk.

@@ -19,7 +19,7 @@ use crate::registry::{Registry, Route};
 use crate::trace::{
     Id128, NoopSink, OPERATION, SpanAttrs, SpanSink, SpanStatus, TraceContext, TraceSpan, now_ns,
 };
-use crate::types::{InferChunk, InferRequest, InferResponse};
+use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse};
 use crate::validate::validate_request;
 
 /// What an edge knows about a request beyond its body.
@@ -135,6 +135,48 @@ impl Router {
             trace: span.trace,
             span_id: span.span_id,
         })
+    }
+
+    /// Routes one embeddings request, reporting one span like any other call.
+    pub async fn embed(
+        &self,
+        req: &EmbedRequest,
+        ctx: &RequestContext,
+    ) -> Result<(EmbedResponse, Arc<str>), Error> {
+        let mut span = PendingSpan::start(self.spans.clone(), ctx, &req.model);
+        let result = async {
+            if req.input.is_empty() {
+                return Err(Error::invalid("input: must contain at least one text"));
+            }
+            let route = self.registry.resolve(&req.model, &req.provider)?;
+            span.attrs.provider = route.provider_name.to_string();
+            span.attrs.model = route.upstream_model.to_string();
+            let cctx = span.call_context(&route, ctx);
+            let call = AssertUnwindSafe(route.provider.embed(&cctx, req)).catch_unwind();
+            let mut resp = with_deadline(ctx.timeout, &route, call)
+                .await?
+                .map_err(|_| panicked(&route))?
+                .map_err(Error::from)?;
+            resp.cost_usd = self.cost(&route, resp.tokens_in, 0, resp.cost_usd);
+            resp.model = if req.model.is_empty() || req.model == "auto" {
+                route.upstream_model.to_string()
+            } else {
+                req.model.clone()
+            };
+            resp.provider = route.provider_name.to_string();
+            resp.latency_ms = elapsed_ms(span.started);
+            Ok((resp, route.upstream_model))
+        }
+        .await;
+        match &result {
+            Ok((resp, _)) => {
+                span.attrs.tokens_in = resp.tokens_in;
+                span.attrs.cost_usd = resp.cost_usd;
+                span.report(SpanStatus::Ok);
+            }
+            Err(e) => span.finish_err(e),
+        }
+        result
     }
 
     /// Routes one streaming request. Failures before the first chunk (validation,

@@ -163,6 +163,27 @@ pub struct InferResponse {
     pub usage_estimated: bool,
 }
 
+/// A request for embeddings of one or more texts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedRequest {
+    pub model: String,
+    pub provider: String,
+    pub input: Vec<String>,
+    /// Fields OpenAI-compatible providers pass upstream untouched (`dimensions`, `user`).
+    pub extra: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
+}
+
+/// Embeddings, in input order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedResponse {
+    pub model: String,
+    pub provider: String,
+    pub embeddings: Vec<Vec<f32>>,
+    pub tokens_in: u64,
+    pub cost_usd: f64,
+    pub latency_ms: u64,
+}
+
 /// One piece of a streamed reply: content deltas, and on the last chunk the
 /// usage, cost and finish reason.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
