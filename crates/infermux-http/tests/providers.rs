@@ -794,3 +794,70 @@ async fn missing_upstream_usage_is_estimated_with_the_tokenizer_and_flagged() {
         json!({"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10})
     );
 }
+
+#[tokio::test]
+async fn embeddings_route_to_openai_compatible_providers_only() {
+    let up = Upstream::start().await;
+    up.reply(Reply::Json(
+        200,
+        json!({
+            "object": "list", "model": "text-embedding-3-small",
+            "data": [{"object": "embedding", "index": 1, "embedding": [0.5, 0.25]},
+                     {"object": "embedding", "index": 0, "embedding": [1.0, 0.0]}],
+            "usage": {"prompt_tokens": 4, "total_tokens": 4}
+        }),
+    ));
+    let yaml = format!(
+        "{}  - name: claude\n    type: anthropic\n    api_key: k\n    base_url: \"{}\"\n    models: [claude-sonnet-4-5]\n",
+        openai_config(&up).replace(
+            "models: [gpt-4o, gpt-4o-mini]",
+            "models: [gpt-4o, gpt-4o-mini, text-embedding-3-small]"
+        ),
+        up.url
+    );
+    let gw = Gateway::start(&yaml).await;
+    let resp = gw
+        .post(
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": ["a", "b"], "dimensions": 2}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["data"][0]["embedding"],
+        json!([1.0, 0.0]),
+        "ordered by index"
+    );
+    assert_eq!(body["data"][1]["embedding"], json!([0.5, 0.25]));
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    let seen = up.last();
+    assert_eq!(seen.path_and_query, "/v1/embeddings");
+    assert_eq!(
+        seen.body,
+        json!({"model": "text-embedding-3-small", "input": ["a", "b"], "encoding_format": "float", "dimensions": 2})
+    );
+
+    let resp = gw
+        .post(
+            "/v1/embeddings",
+            json!({"model": "claude-sonnet-4-5", "input": "a"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not serve embeddings"),
+        "{body}"
+    );
+    let resp = gw
+        .post(
+            "/v1/embeddings",
+            json!({"model": "gpt-4o", "input": [[1, 2, 3]]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+}
