@@ -32,10 +32,30 @@ pub struct OpenAiProvider {
     kind: &'static str,
     models: Vec<String>,
     base_url: String,
-    api_key: Option<String>,
+    /// OpenAI dialect: the endpoint URLs, parsed once.
+    chat_url: Option<reqwest::Url>,
+    embeddings_url: Option<reqwest::Url>,
+    /// The key header, built once and marked sensitive (never logged).
+    auth: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     dialect: Dialect,
     timeout: Duration,
     client: reqwest::Client,
+}
+
+/// Which OpenAI endpoint a call goes to.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Chat,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -67,40 +87,89 @@ impl OpenAiProvider {
             .ok_or_else(|| {
                 ProviderError::InvalidRequest(format!("provider \"{}\" has no base_url", c.name))
             })?;
+        let parse = |endpoint: Endpoint| {
+            reqwest::Url::parse(&format!("{base_url}/{}", endpoint.path())).map_err(|e| {
+                ProviderError::InvalidRequest(format!("provider \"{}\": bad base_url: {e}", c.name))
+            })
+        };
+        let (chat_url, embeddings_url) = match dialect {
+            Dialect::OpenAi => (
+                Some(parse(Endpoint::Chat)?),
+                Some(parse(Endpoint::Embeddings)?),
+            ),
+            Dialect::Azure { .. } => (None, None),
+        };
+        let auth = match &c.api_key {
+            None => None,
+            Some(key) => {
+                let (name, value) = match dialect {
+                    Dialect::OpenAi => (
+                        reqwest::header::AUTHORIZATION,
+                        format!("Bearer {}", key.expose()),
+                    ),
+                    Dialect::Azure { .. } => (
+                        reqwest::header::HeaderName::from_static("api-key"),
+                        key.expose().to_owned(),
+                    ),
+                };
+                let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                    ProviderError::InvalidRequest(format!(
+                        "provider \"{}\": the API key is not a valid header value",
+                        c.name
+                    ))
+                })?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+        };
         Ok(OpenAiProvider {
             name: c.name.clone(),
             kind: c.kind.as_str(),
             models: c.models.clone(),
             base_url,
-            api_key: c.api_key.as_ref().map(|k| k.expose().to_owned()),
+            chat_url,
+            embeddings_url,
+            auth,
             dialect,
             timeout: c.timeout,
             client: http::client(c.timeout)?,
         })
     }
 
-    fn url(&self, model: &str, endpoint: &str) -> String {
-        match &self.dialect {
-            Dialect::OpenAi => format!("{}/{endpoint}", self.base_url),
-            Dialect::Azure { api_version } => format!(
-                "{}/openai/deployments/{model}/{endpoint}?api-version={api_version}",
-                self.base_url
-            ),
+    fn url(&self, model: &str, endpoint: Endpoint) -> Result<reqwest::Url, ProviderError> {
+        let ready = match endpoint {
+            Endpoint::Chat => &self.chat_url,
+            Endpoint::Embeddings => &self.embeddings_url,
+        };
+        if let Some(url) = ready {
+            return Ok(url.clone());
         }
+        let Dialect::Azure { api_version } = &self.dialect else {
+            return Err(ProviderError::Internal("no URL for this endpoint".into()));
+        };
+        let url = format!(
+            "{}/openai/deployments/{model}/{}?api-version={api_version}",
+            self.base_url,
+            endpoint.path()
+        );
+        reqwest::Url::parse(&url).map_err(|e| {
+            ProviderError::InvalidRequest(format!("deployment \"{model}\" makes a bad URL: {e}"))
+        })
     }
 
-    fn post(&self, ctx: &CallContext<'_>, endpoint: &str) -> reqwest::RequestBuilder {
+    fn post(
+        &self,
+        ctx: &CallContext<'_>,
+        endpoint: Endpoint,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let mut req = self
             .client
-            .post(self.url(ctx.model, endpoint))
+            .post(self.url(ctx.model, endpoint)?)
             .header("traceparent", ctx.traceparent());
-        if let Some(key) = &self.api_key {
-            req = match self.dialect {
-                Dialect::OpenAi => req.bearer_auth(key),
-                Dialect::Azure { .. } => req.header("api-key", key),
-            };
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name, value.clone());
         }
-        req
+        Ok(req)
     }
 }
 
@@ -255,7 +324,7 @@ impl Provider for OpenAiProvider {
     ) -> Result<InferResponse, ProviderError> {
         let body = chat_request(ctx.model, req, false);
         let resp = http::send(
-            self.post(ctx, "chat/completions")
+            self.post(ctx, Endpoint::Chat)?
                 .timeout(self.timeout)
                 .json(&body),
             &self.name,
@@ -301,7 +370,7 @@ impl Provider for OpenAiProvider {
             extra: req.extra.as_deref().map(|m| m as &Map<String, Value>),
         };
         let resp = http::send(
-            self.post(ctx, "embeddings")
+            self.post(ctx, Endpoint::Embeddings)?
                 .timeout(self.timeout)
                 .json(&body),
             &self.name,
@@ -341,7 +410,7 @@ impl Provider for OpenAiProvider {
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
         let body = chat_request(ctx.model, req, true);
-        let resp = http::send(self.post(ctx, "chat/completions").json(&body), &self.name).await?;
+        let resp = http::send(self.post(ctx, Endpoint::Chat)?.json(&body), &self.name).await?;
         if !resp.status().is_success() {
             return Err(http::error_from(resp, &self.name).await);
         }
