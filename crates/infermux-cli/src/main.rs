@@ -10,11 +10,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc: many small, short-lived allocations per request (JSON, headers)
-/// are cheaper than with the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let _log_guard = match logging::init(&cli.log) {
