@@ -91,6 +91,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
+    /// Serving threads, each with its own runtime and listener (0 = one per core).
+    #[arg(long, default_value_t = 0, env = "INFERMUX_THREADS")]
+    pub threads: usize,
+
     /// How long in-flight requests may run after SIGINT/SIGTERM (e.g. 30s, 500ms).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub grace_period: Duration,

@@ -73,11 +73,63 @@ pub fn router(
     }
 }
 
-/// Runs one server: builds the registry, the span reporter and the listener from
-/// `args`, hands the listener and a router to `serve`, and flushes spans after
-/// it returns. `kind` names the server in logs; its address comes from the flag
-/// or environment, then the config file (`listen` picks the field), then
-/// `default_addr`.
+/// How long queued spans may take to reach TokenTrace on shutdown.
+pub const SPAN_FLUSH: Duration = Duration::from_secs(2);
+
+/// What a server needs before it starts: config, registry, address, TokenTrace.
+pub struct Prepared {
+    pub config: Option<Config>,
+    pub registry: Arc<Registry>,
+    pub addr: String,
+    pub tokentrace: Option<String>,
+}
+
+impl Prepared {
+    /// Reads the config and settles the address (flag, then environment — both
+    /// through clap —, then the config file, where `listen` picks the field,
+    /// then `default_addr`) and the TokenTrace URL the same way.
+    pub fn new(
+        args: &ServerArgs,
+        listen: fn(&Config) -> Option<&str>,
+        default_addr: &str,
+    ) -> Result<Self, String> {
+        let config = load_config(args.config.as_deref())?;
+        let registry = registry(config.as_ref())?;
+        let addr = args
+            .addr
+            .as_deref()
+            .or_else(|| config.as_ref().and_then(listen));
+        let addr = listen_addr(addr, default_addr)?;
+        let tokentrace = args
+            .tokentrace
+            .clone()
+            .or_else(|| config.as_ref().and_then(|c| c.tokentrace.clone()));
+        Ok(Prepared {
+            config,
+            registry,
+            addr,
+            tokentrace,
+        })
+    }
+
+    pub fn log_listening(&self, kind: &str, local: std::net::SocketAddr) {
+        let providers: Vec<String> = self
+            .registry
+            .entries()
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
+        tracing::info!(addr = %local, providers = ?providers, "infermux {kind} server listening");
+    }
+
+    pub fn router(&self, spans: Arc<dyn SpanSink>) -> Router {
+        router(self.config.as_ref(), self.registry.clone(), spans)
+    }
+}
+
+/// Runs one server on a multi-threaded runtime: builds the span reporter and
+/// the listener, hands the listener and a router to `serve`, and flushes spans
+/// after it returns. `kind` names the server in logs.
 pub fn run_server<F, Fut>(
     args: &ServerArgs,
     kind: &str,
@@ -89,32 +141,12 @@ where
     F: FnOnce(tokio::net::TcpListener, Router) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<()>>,
 {
-    /// How long queued spans may take to reach TokenTrace on shutdown.
-    const SPAN_FLUSH: Duration = Duration::from_secs(2);
-
-    let config = load_config(args.config.as_deref())?;
-    let registry = registry(config.as_ref())?;
-    // Flag, then environment (both through clap), then the config file, then the default.
-    let addr = args
-        .addr
-        .as_deref()
-        .or_else(|| config.as_ref().and_then(listen));
-    let addr = listen_addr(addr, default_addr)?;
-    let tokentrace = args
-        .tokentrace
-        .clone()
-        .or_else(|| config.as_ref().and_then(|c| c.tokentrace.clone()));
+    let prepared = Prepared::new(args, listen, default_addr)?;
     runtime()?.block_on(async move {
-        let (spans, reporter) = spans(tokentrace.as_deref())?;
-        let listener = bind(&addr).await?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let providers: Vec<String> = registry
-            .entries()
-            .iter()
-            .map(|e| e.name.to_string())
-            .collect();
-        tracing::info!(addr = %local, providers = ?providers, "infermux {kind} server listening");
-        serve(listener, router(config.as_ref(), registry, spans))
+        let (spans, reporter) = spans(prepared.tokentrace.as_deref())?;
+        let listener = bind(&prepared.addr).await?;
+        prepared.log_listening(kind, listener.local_addr().map_err(|e| e.to_string())?);
+        serve(listener, prepared.router(spans))
             .await
             .map_err(|e| format!("server error: {e}"))?;
         if let Some(task) = reporter {

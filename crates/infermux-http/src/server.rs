@@ -40,3 +40,62 @@ pub async fn serve(
         }
     }
 }
+
+/// Serves `app` on `threads` threads, each with its own single-threaded runtime
+/// and its own `SO_REUSEPORT` listener on the address of `first`: the kernel
+/// spreads connections over them, and a request never leaves its thread. The
+/// calling thread serves `first` on `rt` (a current-thread runtime, which can
+/// also host background tasks). Returns when every server has drained after
+/// `shutdown` turned true.
+pub fn serve_per_core(
+    rt: &tokio::runtime::Runtime,
+    first: TcpListener,
+    threads: usize,
+    app: axum::Router,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let local = first.local_addr()?;
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut handles = Vec::with_capacity(threads);
+    for i in 1..threads.max(1) {
+        let app = app.clone();
+        let stop = shutdown.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("infermux-http-{i}"))
+                .spawn(move || -> std::io::Result<()> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listener = bind_reuseport(local)?;
+                        serve(listener, app, stopped(stop), grace).await
+                    })
+                })?,
+        );
+    }
+    rt.block_on(serve(first, app, stopped(shutdown), grace))?;
+    for h in handles {
+        h.join()
+            .map_err(|_| std::io::Error::other("a server thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// A listener on `addr` that other listeners on the same address may share
+/// (`SO_REUSEPORT`). Must be called within a Tokio runtime.
+pub fn bind_reuseport(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}

@@ -33,7 +33,7 @@ pub struct AnthropicProvider {
     url: String,
     api_key: String,
     timeout: Duration,
-    client: reqwest::Client,
+    clients: http::Clients,
 }
 
 impl std::fmt::Debug for AnthropicProvider {
@@ -61,16 +61,18 @@ impl AnthropicProvider {
                 .map(|k| k.expose().to_owned())
                 .unwrap_or_default(),
             timeout: c.timeout,
-            client: http::client(c.timeout)?,
+            clients: http::Clients::new(c.timeout)?,
         })
     }
 
-    fn post(&self, ctx: &CallContext<'_>) -> reqwest::RequestBuilder {
-        self.client
+    fn post(&self, ctx: &CallContext<'_>) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(self
+            .clients
+            .get()?
             .post(&self.url)
             .header("x-api-key", &self.api_key)
             .header("anthropic-version", API_VERSION)
-            .header("traceparent", ctx.traceparent())
+            .header("traceparent", ctx.traceparent()))
     }
 }
 
@@ -219,7 +221,11 @@ impl Provider for AnthropicProvider {
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
         let body = messages_request(ctx.model, req, false);
-        let resp = http::send(self.post(ctx).timeout(self.timeout).json(&body), &self.name).await?;
+        let resp = http::send(
+            self.post(ctx)?.timeout(self.timeout).json(&body),
+            &self.name,
+        )
+        .await?;
         if !resp.status().is_success() {
             return Err(http::error_from(resp, &self.name).await);
         }
@@ -258,7 +264,7 @@ impl Provider for AnthropicProvider {
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
         let body = messages_request(ctx.model, req, true);
-        let resp = http::send(self.post(ctx).json(&body), &self.name).await?;
+        let resp = http::send(self.post(ctx)?.json(&body), &self.name).await?;
         if !resp.status().is_success() {
             return Err(http::error_from(resp, &self.name).await);
         }

@@ -9,6 +9,44 @@ use infermux::validate::truncate;
 
 use crate::sse;
 
+/// One provider's HTTP clients: one pooled client (rustls) per thread, made on
+/// first use. A connection then lives on the thread that uses it, so a call does
+/// not hop between threads to reach its upstream connection (the connection
+/// task runs where the client made it).
+#[derive(Debug)]
+pub struct Clients {
+    id: u64,
+    timeout: Duration,
+}
+
+impl Clients {
+    /// Checks that a client can be built with these settings.
+    pub fn new(timeout: Duration) -> Result<Self, ProviderError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        client(timeout)?;
+        Ok(Clients {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            timeout,
+        })
+    }
+
+    /// This thread's client.
+    pub fn get(&self) -> Result<reqwest::Client, ProviderError> {
+        thread_local! {
+            static CLIENTS: std::cell::RefCell<std::collections::HashMap<u64, reqwest::Client>> =
+                std::cell::RefCell::default();
+        }
+        CLIENTS.with(|clients| {
+            if let Some(c) = clients.borrow().get(&self.id) {
+                return Ok(c.clone());
+            }
+            let c = client(self.timeout)?;
+            clients.borrow_mut().insert(self.id, c.clone());
+            Ok(c)
+        })
+    }
+}
+
 /// A pooled HTTP client (rustls) for one provider. `timeout` bounds connecting
 /// and each read; unary calls also get it as a total deadline.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, ProviderError> {

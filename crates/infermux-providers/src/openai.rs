@@ -39,7 +39,7 @@ pub struct OpenAiProvider {
     auth: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     dialect: Dialect,
     timeout: Duration,
-    client: reqwest::Client,
+    clients: http::Clients,
 }
 
 /// Which OpenAI endpoint a call goes to.
@@ -132,7 +132,7 @@ impl OpenAiProvider {
             auth,
             dialect,
             timeout: c.timeout,
-            client: http::client(c.timeout)?,
+            clients: http::Clients::new(c.timeout)?,
         })
     }
 
@@ -163,7 +163,8 @@ impl OpenAiProvider {
         endpoint: Endpoint,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let mut req = self
-            .client
+            .clients
+            .get()?
             .post(self.url(ctx.model, endpoint)?)
             .header("traceparent", ctx.traceparent());
         if let Some((name, value)) = &self.auth {

@@ -1,23 +1,47 @@
-//! `infermux serve`: the HTTP server.
+//! `infermux serve`: the HTTP server, one single-threaded runtime per core.
 
+use std::net::ToSocketAddrs;
 use std::process::ExitCode;
 
 use crate::cli::ServeArgs;
-use crate::setup;
+use crate::setup::{self, Prepared};
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
-    setup::run_server(
-        &args.server,
-        "HTTP",
-        |c| c.listen.as_deref(),
-        ":8600",
-        |listener, router| {
-            infermux_http::serve(
-                listener,
-                infermux_http::app(router),
-                setup::shutdown_signal(),
-                args.grace_period,
-            )
-        },
-    )
+    let prepared = Prepared::new(&args.server, |c| c.listen.as_deref(), ":8600")?;
+    let addr = prepared
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| format!("--addr \"{}\": {e}", prepared.addr))?
+        .next()
+        .ok_or_else(|| format!("--addr \"{}\": no address", prepared.addr))?;
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    // This thread's runtime serves one listener and hosts the background work
+    // (span reporting, signals).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let (spans, reporter) = rt.block_on(async { setup::spans(prepared.tokentrace.as_deref()) })?;
+    let first = rt
+        .block_on(async { infermux_http::server::bind_reuseport(addr) })
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = first.local_addr().map_err(|e| e.to_string())?;
+    prepared.log_listening("HTTP", local);
+    tracing::debug!(threads, "one runtime per thread");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    rt.spawn(async move {
+        setup::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let app = infermux_http::app(prepared.router(spans));
+    infermux_http::server::serve_per_core(&rt, first, threads, app, stopped, args.grace_period)
+        .map_err(|e| format!("server error: {e}"))?;
+    if let Some(task) = reporter {
+        rt.block_on(task.shutdown(setup::SPAN_FLUSH));
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
