@@ -409,3 +409,15 @@ fn openai_python_sdk_works_against_serve() {
     assert!(stdout.contains("interop: 0 failed"), "{stdout}");
     assert_eq!(served.terminate(), 0);
 }
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let mut served = Served::start(&["--addr", "127.0.0.1:0"], &[]);
+    let (code, _, stderr) = run(&["serve", "--addr", &served.addr]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains(&served.addr),
+        "{stderr}"
+    );
+    assert_eq!(served.terminate(), 0);
+}

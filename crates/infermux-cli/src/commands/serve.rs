@@ -25,6 +25,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let (spans, reporter) = rt.block_on(async { setup::spans(prepared.tokentrace.as_deref()) })?;
+    // SO_REUSEPORT would let a second infermux share a port already in use;
+    // an exclusive bind first makes "address in use" an error as usual (and
+    // settles the port when the address asks for port 0).
+    let addr = std::net::TcpListener::bind(addr)
+        .and_then(|probe| probe.local_addr())
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let first = rt
         .block_on(async { infermux_http::server::bind_reuseport(addr) })
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
