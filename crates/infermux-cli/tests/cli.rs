@@ -421,3 +421,79 @@ fn a_port_in_use_is_a_clear_error() {
     );
     assert_eq!(served.terminate(), 0);
 }
+
+#[test]
+fn validate_exit_codes() {
+    let dir = std::env::temp_dir().join(format!("infermux-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let good = write("good.yml", "providers:\n  - name: e\n    type: echo\n");
+    let extra = write(
+        "extra.yml",
+        "providers:\n  - name: e\n    type: echo\n    colour: blue\n",
+    );
+    let malformed = write("bad.yml", "providers: [\n");
+    let invalid = write(
+        "invalid.yml",
+        "providers:\n  - name: a\n    type: opnai\n  - name: k\n    type: openai\n    api_key: ${INFERMUX_TEST_UNSET_KEY}\n",
+    );
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["validate", "--config", &good], 0, ""),
+        (
+            &["validate", "--config", &extra],
+            0,
+            "providers[0].colour: unknown field",
+        ),
+        (
+            &["validate", "--config", &extra, "--strict"],
+            3,
+            "providers[0].colour: unknown field",
+        ),
+        (
+            &["validate", "--config", "/no/such/infermux.yml"],
+            1,
+            "/no/such/infermux.yml",
+        ),
+        (&["validate", "--config", &malformed], 2, "malformed YAML"),
+        (
+            &["validate", "--config", &invalid],
+            3,
+            "providers[0].type: unknown provider type \"opnai\"",
+        ),
+        (
+            &["validate", "--config", &invalid],
+            3,
+            "providers[1].api_key: environment variable INFERMUX_TEST_UNSET_KEY is not set",
+        ),
+    ];
+    for (args, want_code, want_text) in cases {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, *want_code, "{args:?}: {stderr}");
+        assert!(stderr.contains(want_text), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"));
+        if *want_code == 0 {
+            assert!(stdout.contains("valid (1 providers: e)"), "{stdout}");
+        }
+    }
+    // The same file drives `infer`.
+    let (code, stdout, _) = run(&[
+        "infer",
+        "--config",
+        &good,
+        "--model",
+        "echo-v1",
+        "--prompt",
+        "from config",
+    ]);
+    assert_eq!((code, stdout.as_str()), (0, "echo: from config\n"));
+    let (code, _, stderr) = run(&[
+        "infer", "--config", &invalid, "--model", "x", "--prompt", "x",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("opnai"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -320,26 +320,31 @@ impl Config {
         }
         let mut errors = Vec::new();
         substitute(&mut value, &mut String::new(), env, &mut errors);
-        if !errors.is_empty() {
-            return Err(ConfigError::Invalid(errors));
-        }
+        // Go on after substitution errors, to report everything at once; the
+        // fields that failed to expand are not judged again below.
+        let failed: Vec<String> = errors
+            .iter()
+            .filter_map(|e| e.split_once(": ").map(|(path, _)| format!("{path}:")))
+            .collect();
 
         let mut unknown = Vec::new();
-        let raw: RawConfig = {
+        let parsed: Result<RawConfig, _> = {
             let mut track = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
             let de = serde_ignored::Deserializer::new(&value, &mut track);
-            serde_path_to_error::deserialize(de).map_err(|e| {
+            serde_path_to_error::deserialize(de)
+        };
+        let raw = match parsed {
+            Ok(raw) => raw,
+            Err(e) => {
                 let path = e.path().to_string();
-                ConfigError::Invalid(vec![format!(
-                    "{}: {}",
-                    if path == "." {
-                        "(top level)".into()
-                    } else {
-                        path
-                    },
-                    e.inner()
-                )])
-            })?
+                let path = if path == "." {
+                    "(top level)".to_owned()
+                } else {
+                    path
+                };
+                errors.push(format!("{path}: {}", e.inner()));
+                return Err(ConfigError::Invalid(errors));
+            }
         };
         let warnings: Vec<String> = unknown
             .iter()
@@ -348,7 +353,13 @@ impl Config {
         if strict {
             errors.extend(warnings.iter().cloned());
         }
-        let config = validate(raw, warnings, &mut errors);
+        let mut semantic = Vec::new();
+        let config = validate(raw, warnings, &mut semantic);
+        errors.extend(
+            semantic
+                .into_iter()
+                .filter(|e| !failed.iter().any(|f| e.starts_with(f.as_str()))),
+        );
         if errors.is_empty() {
             Ok(config)
         } else {
