@@ -221,15 +221,11 @@ impl Provider for AnthropicProvider {
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
         let body = messages_request(ctx.model, req, false);
-        let resp = http::send(
+        let parsed: MessagesResponse = http::call_json(
             self.post(ctx)?.timeout(self.timeout).json(&body),
             &self.name,
         )
         .await?;
-        if !resp.status().is_success() {
-            return Err(http::error_from(resp, &self.name).await);
-        }
-        let parsed: MessagesResponse = http::json_body(resp, &self.name).await?;
         if parsed.kind.as_deref() == Some("error") || parsed.error.is_some() {
             let message = parsed.error.map(|e| e.message).unwrap_or_default();
             return Err(ProviderError::Unavailable(format!(
@@ -264,11 +260,7 @@ impl Provider for AnthropicProvider {
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
         let body = messages_request(ctx.model, req, true);
-        let resp = http::send(self.post(ctx)?.json(&body), &self.name).await?;
-        if !resp.status().is_success() {
-            return Err(http::error_from(resp, &self.name).await);
-        }
-        let resp = http::expect_event_stream(resp, &self.name).await?;
+        let resp = http::call_stream(self.post(ctx)?.json(&body), &self.name).await?;
         let provider: Arc<str> = Arc::from(self.name.as_str());
         Ok(http::chunk_stream(
             resp,

@@ -126,6 +126,31 @@ pub fn upstream_message(body: &[u8]) -> String {
     }
 }
 
+/// Sends `req` and reads a 2xx JSON answer as `T`; anything else is the
+/// matching [`ProviderError`].
+pub async fn call_json<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    provider: &str,
+) -> Result<T, ProviderError> {
+    let resp = send(req, provider).await?;
+    if !resp.status().is_success() {
+        return Err(error_from(resp, provider).await);
+    }
+    json_body(resp, provider).await
+}
+
+/// Sends a streaming `req` and checks that a 2xx event stream comes back.
+pub async fn call_stream(
+    req: reqwest::RequestBuilder,
+    provider: &str,
+) -> Result<reqwest::Response, ProviderError> {
+    let resp = send(req, provider).await?;
+    if !resp.status().is_success() {
+        return Err(error_from(resp, provider).await);
+    }
+    expect_event_stream(resp, provider).await
+}
+
 /// Parses a 2xx JSON body; garbage is a retryable upstream failure.
 pub async fn json_body<T: serde::de::DeserializeOwned>(
     resp: reqwest::Response,

@@ -324,17 +324,13 @@ impl Provider for OpenAiProvider {
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
         let body = chat_request(ctx.model, req, false);
-        let resp = http::send(
+        let parsed: ChatResponse = http::call_json(
             self.post(ctx, Endpoint::Chat)?
                 .timeout(self.timeout)
                 .json(&body),
             &self.name,
         )
         .await?;
-        if !resp.status().is_success() {
-            return Err(http::error_from(resp, &self.name).await);
-        }
-        let parsed: ChatResponse = http::json_body(resp, &self.name).await?;
         if let Some(error) = &parsed.error {
             return Err(error_body(&self.name, error));
         }
@@ -370,17 +366,13 @@ impl Provider for OpenAiProvider {
             encoding_format: "float",
             extra: req.extra.as_deref().map(|m| m as &Map<String, Value>),
         };
-        let resp = http::send(
+        let parsed: EmbeddingsResponse = http::call_json(
             self.post(ctx, Endpoint::Embeddings)?
                 .timeout(self.timeout)
                 .json(&body),
             &self.name,
         )
         .await?;
-        if !resp.status().is_success() {
-            return Err(http::error_from(resp, &self.name).await);
-        }
-        let parsed: EmbeddingsResponse = http::json_body(resp, &self.name).await?;
         if let Some(error) = &parsed.error {
             return Err(error_body(&self.name, error));
         }
@@ -411,11 +403,8 @@ impl Provider for OpenAiProvider {
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
         let body = chat_request(ctx.model, req, true);
-        let resp = http::send(self.post(ctx, Endpoint::Chat)?.json(&body), &self.name).await?;
-        if !resp.status().is_success() {
-            return Err(http::error_from(resp, &self.name).await);
-        }
-        let resp = http::expect_event_stream(resp, &self.name).await?;
+        let resp =
+            http::call_stream(self.post(ctx, Endpoint::Chat)?.json(&body), &self.name).await?;
         let provider: Arc<str> = Arc::from(self.name.as_str());
         Ok(http::chunk_stream(
             resp,
