@@ -321,24 +321,8 @@ fn interop_python() -> std::path::PathBuf {
 /// (as grpcurl does) and calls every method, the error codes and health.
 #[test]
 fn python_grpc_client_works_through_reflection() {
-    let python = interop_python();
     let mut served = Served::start_command("serve-grpc", &["--addr", "127.0.0.1:0"], &[]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/interop/grpc_reflection_client.py"
-    );
-    let out = Command::new(python)
-        .arg(script)
-        .arg(&served.addr)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("interop: 0 failed"), "{stdout}");
+    run_interop("grpc_reflection_client.py", &served.addr);
     assert_eq!(served.terminate(), 0);
 }
 
@@ -389,15 +373,21 @@ fn serve_grpc_answers_the_rust_client_and_drains_on_sigterm() {
 /// completion, stream with usage, models, embeddings, errors.
 #[test]
 fn openai_python_sdk_works_against_serve() {
-    let python = interop_python();
     let mut served = Served::start(&["--addr", "127.0.0.1:0"], &[]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/interop/openai_sdk_client.py"
+    run_interop("openai_sdk_client.py", &format!("http://{}", served.addr));
+    assert_eq!(served.terminate(), 0);
+}
+
+/// Runs one of `tests/interop/*.py` against `target`; it must pass every check.
+fn run_interop(script: &str, target: &str) {
+    let python = interop_python();
+    let script = format!(
+        "{}/../../tests/interop/{script}",
+        env!("CARGO_MANIFEST_DIR")
     );
     let out = Command::new(python)
-        .arg(script)
-        .arg(format!("http://{}", served.addr))
+        .arg(&script)
+        .arg(target)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -407,7 +397,6 @@ fn openai_python_sdk_works_against_serve() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("interop: 0 failed"), "{stdout}");
-    assert_eq!(served.terminate(), 0);
 }
 
 #[test]
