@@ -68,7 +68,9 @@ pub fn router(
 ) -> Router {
     let router = Router::new(registry, spans);
     match config {
-        Some(c) => router.with_pricing(infermux::cost::Pricing::new(&c.pricing)),
+        Some(c) => router
+            .with_pricing(infermux::cost::Pricing::new(&c.pricing))
+            .with_fallback(c.routing.attempts()),
         None => router,
     }
 }

@@ -861,3 +861,71 @@ async fn embeddings_route_to_openai_compatible_providers_only() {
         .await;
     assert_eq!(resp.status(), 400);
 }
+
+#[tokio::test]
+async fn a_failing_provider_falls_back_to_the_next_one_serving_the_model() {
+    let primary = Upstream::start().await;
+    let backup = Upstream::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = listener.local_addr().unwrap();
+    drop(listener);
+    let yaml = format!(
+        r#"
+providers:
+  - name: dead
+    type: openai
+    base_url: "http://{dead}/v1"
+    models: [gpt-4o]
+  - name: primary
+    type: openai
+    base_url: "{}/v1"
+    models: [gpt-4o]
+  - name: backup
+    type: openai
+    base_url: "{}/v1"
+    models: [gpt-4o]
+routing:
+  max_attempts: 3
+"#,
+        primary.url, backup.url
+    );
+    let gw = Gateway::start(&yaml).await;
+    primary.always(Reply::Json(
+        503,
+        json!({"error": {"message": "overloaded"}}),
+    ));
+    backup.always(Reply::Json(200, completion("from backup", "stop")));
+    let (status, headers, body) = gw
+        .chat(json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "from backup");
+    assert_eq!(headers["x-infermux-provider"], "backup");
+    assert_eq!((primary.seen().len(), backup.seen().len()), (1, 1));
+    let span = gw.spans.spans().pop().unwrap();
+    assert_eq!(
+        (span.attrs.provider.as_str(), span.attrs.attempts),
+        ("backup", 3)
+    );
+
+    // Streams fall back too, before their first byte.
+    backup.always(Reply::Sse(openai_stream_events()));
+    let (text, _, done) = parse(
+        &gw.chat_stream(json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+            .await,
+    );
+    assert!(done);
+    assert_eq!(text, "Hello");
+
+    // An upstream 4xx is the caller's problem: no fallback.
+    primary.always(Reply::Json(
+        400,
+        json!({"error": {"message": "bad request"}}),
+    ));
+    let before = backup.seen().len();
+    let (status, _, _) = gw
+        .chat(json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(backup.seen().len(), before);
+}

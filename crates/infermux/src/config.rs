@@ -198,7 +198,10 @@ impl Strategy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutingConfig {
     pub strategy: Strategy,
+    /// On a retryable failure, try the next provider that serves the model.
     pub fallback: bool,
+    /// Providers one request may try, the first included.
+    pub max_attempts: usize,
 }
 
 impl Default for RoutingConfig {
@@ -206,7 +209,15 @@ impl Default for RoutingConfig {
         RoutingConfig {
             strategy: Strategy::Priority,
             fallback: true,
+            max_attempts: crate::router::DEFAULT_MAX_ATTEMPTS,
         }
+    }
+}
+
+impl RoutingConfig {
+    /// Providers one request may try, fallback considered (1 when it is off).
+    pub fn attempts(&self) -> usize {
+        if self.fallback { self.max_attempts } else { 1 }
     }
 }
 
@@ -266,6 +277,7 @@ struct RawProvider {
 struct RawRouting {
     strategy: Option<String>,
     fallback: Option<bool>,
+    max_attempts: Option<i64>,
 }
 
 /// The timeout of a provider call when the config gives none.
@@ -701,6 +713,13 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
         if let Some(f) = r.fallback {
             routing.fallback = f;
         }
+        match r.max_attempts {
+            None => {}
+            Some(n) if (1..=100).contains(&n) => routing.max_attempts = n as usize,
+            Some(n) => errors.push(format!(
+                "routing.max_attempts: {n} is not between 1 and 100"
+            )),
+        }
     }
 
     for (provider, models) in &raw.pricing {
@@ -818,7 +837,8 @@ pricing:                         # USD per million tokens; overrides the built-i
             c.routing,
             RoutingConfig {
                 strategy: Strategy::Priority,
-                fallback: true
+                fallback: true,
+                max_attempts: 3
             }
         );
         assert_eq!(c.pricing["openai"]["gpt-4o"].output_per_million, 10.0);
@@ -885,6 +905,7 @@ providers:
     base_url: "ftp://example.com"
 routing:
   strategy: fastest
+  max_attempts: 0
 pricing:
   nobody: {m: {input_per_million: -1, output_per_million: 1}}
 "#;
@@ -899,6 +920,7 @@ pricing:
             "providers[3].models: missing",
             "providers[4].base_url: \"ftp://example.com\": the scheme must be http or https",
             "routing.strategy: unknown strategy \"fastest\"",
+            "routing.max_attempts: 0 is not between 1 and 100",
             "pricing.nobody: no provider is named \"nobody\"",
             "pricing.nobody.m.input_per_million: -1 must be a number ≥ 0",
         ];

@@ -62,8 +62,9 @@ struct Snapshot {
     entries: Vec<Entry>,
     /// Provider name → index in `entries`.
     by_name: HashMap<Arc<str>, usize>,
-    /// Model or alias → (index of the first provider declaring it, upstream model).
-    by_model: HashMap<Box<str>, (usize, Arc<str>)>,
+    /// Model or alias → every provider declaring it (index, upstream model), in
+    /// registration order.
+    by_model: HashMap<Box<str>, Vec<(usize, Arc<str>)>>,
     /// Each provider's default model (its first), by index.
     default_model: Vec<Arc<str>>,
 }
@@ -80,12 +81,16 @@ impl Snapshot {
             for m in models {
                 by_model
                     .entry(m.as_str().into())
-                    .or_insert_with(|| (i, Arc::from(m.as_str())));
+                    .or_insert_with(Vec::new)
+                    .push((i, Arc::from(m.as_str())));
             }
             for (alias, target) in &e.aliases {
-                by_model
-                    .entry(alias.as_str().into())
-                    .or_insert_with(|| (i, Arc::from(target.as_str())));
+                let routes: &mut Vec<(usize, Arc<str>)> =
+                    by_model.entry(alias.as_str().into()).or_default();
+                // A provider that both declares a name and aliases it serves it once.
+                if !routes.iter().any(|(j, _)| *j == i) {
+                    routes.push((i, Arc::from(target.as_str())));
+                }
             }
         }
         Snapshot {
@@ -250,7 +255,7 @@ impl Registry {
             }
             return Ok(snap.route(0, snap.default_model[0].clone()));
         }
-        if let Some((i, upstream)) = snap.by_model.get(model) {
+        if let Some((i, upstream)) = snap.by_model.get(model).and_then(|r| r.first()) {
             return Ok(snap.route(*i, upstream.clone()));
         }
         if let Some(&i) = snap.by_name.get(model) {
@@ -259,6 +264,36 @@ impl Registry {
         Err(Error::model_not_found(crate::validate::truncate(
             model, 128,
         )))
+    }
+}
+
+impl Registry {
+    /// Every provider that could serve the request, best first: the one
+    /// [`Registry::resolve`] picks, then — for a model several providers declare,
+    /// or `auto` — the others in registration order. At most `max` routes. An
+    /// explicit `provider`, or a model naming a provider, gives exactly one.
+    pub fn candidates(&self, model: &str, provider: &str, max: usize) -> Result<Vec<Route>, Error> {
+        let first = self.resolve(model, provider)?;
+        let max = max.max(1);
+        if !provider.is_empty() || max == 1 {
+            return Ok(vec![first]);
+        }
+        let snap = self.snapshot.load();
+        let mut routes = Vec::with_capacity(max.min(4));
+        routes.push(first);
+        if model.is_empty() || model == "auto" {
+            for i in 1..snap.entries.len() {
+                if routes.len() == max {
+                    break;
+                }
+                routes.push(snap.route(i, snap.default_model[i].clone()));
+            }
+        } else if let Some(all) = snap.by_model.get(model) {
+            for (i, upstream) in all.iter().skip(1).take(max - 1) {
+                routes.push(snap.route(*i, upstream.clone()));
+            }
+        }
+        Ok(routes)
     }
 }
 
@@ -327,6 +362,43 @@ mod tests {
         assert!(e.message().contains("\"nope\""));
         assert_eq!(
             Registry::new().resolve("auto", "").unwrap_err().kind(),
+            ErrorKind::ModelNotFound
+        );
+    }
+
+    #[test]
+    fn candidates_list_every_provider_of_a_model_in_order() {
+        let r = registry();
+        let names = |v: Vec<Route>| -> Vec<(String, String)> {
+            v.into_iter()
+                .map(|r| (r.provider_name.to_string(), r.upstream_model.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            names(r.candidates("echo-v1", "", 5).unwrap()),
+            [
+                ("echo".into(), "echo-v1".into()),
+                ("second".into(), "echo-v1".into())
+            ]
+        );
+        assert_eq!(names(r.candidates("echo-v1", "", 1).unwrap()).len(), 1);
+        assert_eq!(
+            names(r.candidates("echo-v1", "second", 5).unwrap()),
+            [("second".into(), "echo-v1".into())]
+        );
+        assert_eq!(
+            names(r.candidates("m2", "", 5).unwrap()),
+            [("second".into(), "m2".into())]
+        );
+        assert_eq!(
+            names(r.candidates("auto", "", 5).unwrap()),
+            [
+                ("echo".into(), "echo-v1".into()),
+                ("second".into(), "m2".into())
+            ]
+        );
+        assert_eq!(
+            r.candidates("nope", "", 5).unwrap_err().kind(),
             ErrorKind::ModelNotFound
         );
     }

@@ -22,6 +22,9 @@ use crate::trace::{
 use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse};
 use crate::validate::validate_request;
 
+/// Providers a request may try when the router is not told otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: usize = 3;
+
 /// What an edge knows about a request beyond its body.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestContext {
@@ -47,6 +50,8 @@ pub struct Router {
     registry: Arc<Registry>,
     spans: Arc<dyn SpanSink>,
     pricing: Arc<Pricing>,
+    /// Providers one request may try, the first included (1 = no fallback).
+    max_attempts: usize,
 }
 
 impl std::fmt::Debug for Router {
@@ -64,7 +69,17 @@ impl Router {
             registry,
             spans,
             pricing: Arc::new(Pricing::default()),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
+    }
+
+    /// The same router trying at most `max_attempts` providers per request: on a
+    /// retryable failure (5xx, connection error, upstream timeout or 429) the
+    /// next provider that serves the model gets the request, within the caller's
+    /// deadline. `1` turns fallback off.
+    pub fn with_fallback(mut self, max_attempts: usize) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
     }
 
     /// The same router pricing calls with `pricing` (config overrides on top of
@@ -113,28 +128,41 @@ impl Router {
         ctx: &RequestContext,
         span: &mut PendingSpan,
     ) -> Result<Routed, Error> {
-        let route = self.prepare(req, span)?;
-        let cctx = span.call_context(&route, ctx);
-        let call = AssertUnwindSafe(route.provider.infer(&cctx, req)).catch_unwind();
-        let outcome = with_deadline(ctx.timeout, &route, call).await?;
-        let mut response = outcome
-            .map_err(|_| panicked(&route))?
-            .map_err(Error::from)?;
-        response.cost_usd = self.cost(
-            &route,
-            response.tokens_in,
-            response.tokens_out,
-            response.cost_usd,
-        );
-        response.model = caller_model(req, &route);
-        response.provider = route.provider_name.to_string();
-        response.latency_ms = elapsed_ms(span.started);
-        Ok(Routed {
-            response,
-            upstream_model: route.upstream_model,
-            trace: span.trace,
-            span_id: span.span_id,
-        })
+        let routes = self.prepare(req, span)?;
+        let last = u32::try_from(routes.len()).unwrap_or(u32::MAX);
+        for (n, route) in (1u32..).zip(routes) {
+            span.note_attempt(&route, n);
+            let cctx = span.call_context(&route, ctx);
+            let call = AssertUnwindSafe(route.provider.infer(&cctx, req)).catch_unwind();
+            let outcome = with_deadline(span.remaining(ctx), &route, call)
+                .await
+                .and_then(|o| o.map_err(|_| panicked(&route)))
+                .and_then(|o| o.map_err(Error::from));
+            let mut response = match outcome {
+                Ok(response) => response,
+                Err(e) if n < last && span.may_retry(&e, ctx) => {
+                    tracing::debug!(provider = %route.provider_name, error = %e, "attempt failed; trying the next provider");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            response.cost_usd = self.cost(
+                &route,
+                response.tokens_in,
+                response.tokens_out,
+                response.cost_usd,
+            );
+            response.model = caller_model(req, &route);
+            response.provider = route.provider_name.to_string();
+            response.latency_ms = elapsed_ms(span.started);
+            return Ok(Routed {
+                response,
+                upstream_model: route.upstream_model,
+                trace: span.trace,
+                span_id: span.span_id,
+            });
+        }
+        Err(Error::internal("no provider was tried"))
     }
 
     /// Routes one embeddings request, reporting one span like any other call.
@@ -190,19 +218,40 @@ impl Router {
     ) -> Result<RoutedStream, Error> {
         let mut span = PendingSpan::start(self.spans.clone(), ctx, &req.model);
         let deadline = ctx.timeout.map(|t| Instant::now() + t);
+        // Fallback is possible until the first chunk: each attempt opens the
+        // stream and waits for its first item before committing to it.
         let opened = async {
-            let route = self.prepare(req, &mut span)?;
-            let cctx = span.call_context(&route, ctx);
-            let open = AssertUnwindSafe(route.provider.infer_stream(&cctx, req)).catch_unwind();
-            let inner = with_deadline(ctx.timeout, &route, open)
-                .await?
-                .map_err(|_| panicked(&route))?
-                .map_err(Error::from)?;
-            Ok::<_, Error>((route, inner))
+            let routes = self.prepare(req, &mut span)?;
+            let last = u32::try_from(routes.len()).unwrap_or(u32::MAX);
+            for (n, route) in (1u32..).zip(routes) {
+                span.note_attempt(&route, n);
+                let cctx = span.call_context(&route, ctx);
+                let open = async {
+                    let mut inner = route.provider.infer_stream(&cctx, req).await?;
+                    let first = futures_util::StreamExt::next(&mut inner).await;
+                    match first {
+                        Some(Err(e)) => Err(e),
+                        first => Ok((inner, first)),
+                    }
+                };
+                let outcome = with_deadline(span.remaining(ctx), &route, AssertUnwindSafe(open).catch_unwind())
+                    .await
+                    .and_then(|o| o.map_err(|_| panicked(&route)))
+                    .and_then(|o| o.map_err(Error::from));
+                match outcome {
+                    Ok((inner, first)) => return Ok((route, inner, first)),
+                    Err(e) if n < last && span.may_retry(&e, ctx) => {
+                        tracing::debug!(provider = %route.provider_name, error = %e, "stream attempt failed; trying the next provider");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(Error::internal("no provider was tried"))
         }
         .await;
         match opened {
-            Ok((route, inner)) => Ok(RoutedStream {
+            Ok((route, inner, first)) => Ok(RoutedStream {
+                first: Some(first),
                 pricing: (
                     self.pricing
                         .configured(&route.provider_name, &route.upstream_model),
@@ -242,12 +291,16 @@ impl Router {
         }
     }
 
-    fn prepare(&self, req: &InferRequest, span: &mut PendingSpan) -> Result<Route, Error> {
+    /// Validates `req` and lists the providers it may go to, best first.
+    fn prepare(&self, req: &InferRequest, span: &mut PendingSpan) -> Result<Vec<Route>, Error> {
         validate_request(req)?;
-        let route = self.registry.resolve(&req.model, &req.provider)?;
-        span.attrs.provider = route.provider_name.to_string();
-        span.attrs.model = route.upstream_model.to_string();
-        Ok(route)
+        let routes = self
+            .registry
+            .candidates(&req.model, &req.provider, self.max_attempts)?;
+        if let Some(first) = routes.first() {
+            span.note_attempt(first, 1);
+        }
+        Ok(routes)
     }
 }
 
@@ -337,6 +390,28 @@ impl PendingSpan {
         }
     }
 
+    /// Records that attempt `n` goes to `route` (the span names the provider
+    /// that finally served, or failed last).
+    fn note_attempt(&mut self, route: &Route, n: u32) {
+        self.attrs.provider.clear();
+        self.attrs.provider.push_str(&route.provider_name);
+        self.attrs.model.clear();
+        self.attrs.model.push_str(&route.upstream_model);
+        self.attrs.attempts = n;
+    }
+
+    /// What is left of the caller's deadline.
+    fn remaining(&self, ctx: &RequestContext) -> Option<Duration> {
+        ctx.timeout
+            .map(|t| t.saturating_sub(self.started.elapsed()))
+    }
+
+    /// Whether a failed attempt may move to the next provider: the failure is
+    /// retryable and the caller's own deadline has not passed.
+    fn may_retry(&self, e: &Error, ctx: &RequestContext) -> bool {
+        e.disposition().retryable && self.remaining(ctx).is_none_or(|left| !left.is_zero())
+    }
+
     fn finish_ok(&mut self, resp: &InferResponse) {
         self.attrs.tokens_in = resp.tokens_in;
         self.attrs.tokens_out = resp.tokens_out;
@@ -396,6 +471,8 @@ pub struct RoutedStream {
     pub provider: String,
     pub upstream_model: Arc<str>,
     inner: ChunkStream,
+    /// The first item, read while the attempt could still fall back.
+    first: Option<Option<Result<InferChunk, ProviderError>>>,
     /// The configured price, and the price in force (configured or built in).
     pricing: (Option<Price>, Option<Price>),
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -447,8 +524,12 @@ impl Stream for RoutedStream {
             this.end(Err(&e));
             return Poll::Ready(Some(Err(e)));
         }
-        let polled =
-            std::panic::catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll_next(cx)));
+        let polled = match this.first.take() {
+            Some(first) => Ok(Poll::Ready(first)),
+            None => {
+                std::panic::catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll_next(cx)))
+            }
+        };
         let next = match polled {
             Ok(poll) => ready!(poll),
             Err(_) => {
@@ -641,6 +722,132 @@ mod tests {
                 .content,
             "echo: x"
         );
+    }
+
+    fn two_fakes(
+        first: FakeProvider,
+        second: FakeProvider,
+    ) -> (
+        Router,
+        Arc<RecordingSink>,
+        Arc<crate::testing::Calls>,
+        Arc<crate::testing::Calls>,
+    ) {
+        let (a, b) = (first.calls(), second.calls());
+        let registry = Registry::new();
+        registry.register(Arc::new(first)).unwrap();
+        registry.register(Arc::new(second)).unwrap();
+        let sink = Arc::new(RecordingSink::default());
+        (Router::new(Arc::new(registry), sink.clone()), sink, a, b)
+    }
+
+    #[tokio::test]
+    async fn a_retryable_failure_moves_to_the_next_provider() {
+        for failure in [
+            ProviderError::Unavailable("503".into()),
+            ProviderError::RateLimited("slow down".into()),
+            ProviderError::Timeout("60 s".into()),
+        ] {
+            let (router, sink, a, b) = two_fakes(
+                FakeProvider::new("a", &["m"]).then(Step::Fail(failure.clone())),
+                FakeProvider::new("b", &["m"]),
+            );
+            let routed = router
+                .call(&InferRequest::prompt("m", "x"), &RequestContext::default())
+                .await
+                .unwrap();
+            assert_eq!(routed.response.provider, "b", "{failure:?}");
+            assert_eq!((a.started(), b.started()), (1, 1));
+            let spans = sink.spans();
+            assert_eq!(spans.len(), 1, "one span per call, whatever the attempts");
+            assert_eq!(
+                (spans[0].attrs.provider.as_str(), spans[0].attrs.attempts),
+                ("b", 2)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn rejections_are_not_retried_and_fallback_can_be_off() {
+        let rejected = ProviderError::Rejected {
+            status: 400,
+            message: "bad".into(),
+        };
+        let (router, sink, a, b) = two_fakes(
+            FakeProvider::new("a", &["m"]).then(Step::Fail(rejected)),
+            FakeProvider::new("b", &["m"]),
+        );
+        let e = router
+            .infer(&InferRequest::prompt("m", "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UpstreamRejected { status: 400 });
+        assert_eq!((a.started(), b.started()), (1, 0));
+        assert_eq!(sink.spans()[0].attrs.attempts, 1);
+
+        let (router, _, a, b) = two_fakes(
+            FakeProvider::new("a", &["m"])
+                .then(Step::Fail(ProviderError::Unavailable("down".into()))),
+            FakeProvider::new("b", &["m"]),
+        );
+        let router = router.with_fallback(1);
+        assert_eq!(
+            router
+                .infer(&InferRequest::prompt("m", "x"))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Upstream
+        );
+        assert_eq!((a.started(), b.started()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn the_last_failure_is_returned_when_every_provider_fails() {
+        let (router, sink, a, b) = two_fakes(
+            FakeProvider::new("a", &["m"])
+                .then(Step::Fail(ProviderError::Unavailable("a down".into()))),
+            FakeProvider::new("b", &["m"])
+                .then(Step::Fail(ProviderError::Unavailable("b down".into()))),
+        );
+        let e = router
+            .infer(&InferRequest::prompt("m", "x"))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("b down"), "{e}");
+        assert_eq!((a.started(), b.started()), (1, 1));
+        assert_eq!(
+            (
+                sink.spans()[0].attrs.provider.as_str(),
+                sink.spans()[0].attrs.attempts
+            ),
+            ("b", 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_falls_back_before_its_first_chunk() {
+        let (router, sink, a, b) = two_fakes(
+            FakeProvider::new("a", &["m"])
+                .then(Step::Fail(ProviderError::Unavailable("down".into()))),
+            FakeProvider::new("b", &["m"]),
+        );
+        let stream = router
+            .call_stream(
+                &InferRequest::prompt("m", "Hello there"),
+                &RequestContext::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stream.provider, "b");
+        let text: String = stream
+            .map(|c| c.unwrap().delta)
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        assert_eq!(text, "fake: Hello there");
+        assert_eq!((a.started(), b.started()), (1, 1));
+        assert_eq!(sink.spans()[0].attrs.attempts, 2);
     }
 
     #[tokio::test]

@@ -156,6 +156,8 @@ pub struct SpanAttrs {
     pub cost_usd: f64,
     pub latency_ms: u64,
     pub finish_reason: String,
+    /// Providers tried for this call (more than 1 when fallback moved it).
+    pub attempts: u32,
     /// The token counts are an estimate: the provider reported no usage.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub usage_estimated: bool,
@@ -266,6 +268,7 @@ mod tests {
                 cost_usd: 0.5,
                 latency_ms: 7,
                 finish_reason: "stop".into(),
+                attempts: 1,
                 usage_estimated: false,
                 error: None,
                 error_code: None,
