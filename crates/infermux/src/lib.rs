@@ -15,6 +15,7 @@
 //! - [`error`]: the one error type, and the one table that maps it to HTTP statuses,
 //!   gRPC codes and the public `code` strings.
 
+pub mod breaker;
 pub mod config;
 pub mod cost;
 pub mod echo;

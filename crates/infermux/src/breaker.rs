@@ -1,0 +1,563 @@
+//! A circuit breaker per provider: a small state machine.
+//!
+//! ```text
+//!   Closed ──(N failures in a row, or error rate ≥ threshold over the window
+//!    ▲        once min_requests are seen)──▶ Open
+//!    │                                         │ recovery time elapsed
+//!    │ probe succeeds                          ▼
+//!    └────────────────────────────────────── HalfOpen ──probe fails──▶ Open
+//!                                             (one real request is the probe;   (recovery time × multiplier,
+//!                                              the others are refused)            up to the maximum)
+//! ```
+//!
+//! Upstream 429s count as failures only with `treat_rate_limit_as_error`; a
+//! request the provider rejected (4xx) proves it healthy. Time comes from a
+//! [`Clock`], so tests drive it without sleeping.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Where the breaker reads the time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Instant;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug)]
+pub struct ManualClock(Mutex<Instant>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock(Mutex::new(Instant::now()))
+    }
+}
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// When a breaker opens and how long it stays open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the circuit.
+    pub consecutive_failures: u32,
+    /// Failure share over the window that opens it (0 < x ≤ 1) ...
+    pub error_rate_threshold: f64,
+    /// ... measured over this sliding window ...
+    pub window: Duration,
+    /// ... once at least this many requests were seen in it.
+    pub min_requests: u32,
+    /// How long the circuit stays open the first time.
+    pub recovery_window: Duration,
+    /// Each reopening in a row multiplies it by this ...
+    pub recovery_backoff_multiplier: f64,
+    /// ... up to this.
+    pub recovery_backoff_max: Duration,
+    /// Count upstream 429s as failures.
+    pub treat_rate_limit_as_error: bool,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: 5,
+            error_rate_threshold: 0.5,
+            window: Duration::from_secs(60),
+            min_requests: 20,
+            recovery_window: Duration::from_secs(30),
+            recovery_backoff_multiplier: 2.0,
+            recovery_backoff_max: Duration::from_secs(300),
+            treat_rate_limit_as_error: false,
+        }
+    }
+}
+
+/// The circuit's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// How a call ended, as far as the provider's health goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    RateLimited,
+}
+
+/// What [`Breaker::admit`] says about the next request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead (closed circuit).
+    Go,
+    /// Go ahead: this request is the half-open probe.
+    Probe,
+    /// The circuit is open; try another provider.
+    Refuse,
+}
+
+/// A snapshot for status reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerStatus {
+    pub state: CircuitState,
+    pub opened_at: Option<Instant>,
+    pub recovery_at: Option<Instant>,
+    /// Failure share over the window (0 with no requests).
+    pub error_rate: f64,
+    /// Requests recorded in the window.
+    pub requests_in_window: u32,
+}
+
+/// Per-second counts over the window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    second: u64,
+    ok: u32,
+    failed: u32,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: CircuitState,
+    consecutive: u32,
+    opened_at: Option<Instant>,
+    recovery_at: Option<Instant>,
+    /// Times opened without a successful probe in between (for the backoff).
+    reopenings: u32,
+    probing: bool,
+    buckets: Vec<Bucket>,
+}
+
+/// One provider's circuit breaker.
+pub struct Breaker {
+    config: BreakerConfig,
+    clock: Arc<dyn Clock>,
+    epoch: Instant,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker::new(BreakerConfig::default(), Arc::new(SystemClock))
+    }
+}
+
+impl Breaker {
+    pub fn new(config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+        let seconds = config.window.as_secs().max(1) as usize;
+        let epoch = clock.now();
+        Breaker {
+            config,
+            clock,
+            epoch,
+            inner: Mutex::new(Inner {
+                state: CircuitState::Closed,
+                consecutive: 0,
+                opened_at: None,
+                recovery_at: None,
+                reopenings: 0,
+                probing: false,
+                buckets: vec![Bucket::default(); seconds],
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The state is a few counters, consistent after every statement.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn state(&self) -> CircuitState {
+        self.lock().state
+    }
+
+    /// May a request go to this provider now? An open circuit whose recovery
+    /// time has come turns half-open and lets exactly this request through as
+    /// the probe.
+    pub fn admit(&self) -> Admission {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        match inner.state {
+            CircuitState::Closed => Admission::Go,
+            CircuitState::Open if inner.recovery_at.is_some_and(|t| now >= t) => {
+                inner.state = CircuitState::HalfOpen;
+                inner.probing = true;
+                Admission::Probe
+            }
+            CircuitState::Open => Admission::Refuse,
+            CircuitState::HalfOpen if inner.probing => Admission::Refuse,
+            CircuitState::HalfOpen => {
+                inner.probing = true;
+                Admission::Probe
+            }
+        }
+    }
+
+    /// Records how an admitted request ended. Returns the new state when it
+    /// changed.
+    pub fn record(&self, admission: &Admission, outcome: Outcome) -> Option<CircuitState> {
+        let now = self.clock.now();
+        let failed = match outcome {
+            Outcome::Success => false,
+            Outcome::Failure => true,
+            Outcome::RateLimited if self.config.treat_rate_limit_as_error => true,
+            Outcome::RateLimited => {
+                // Neither healthy nor broken: a probe gets another chance.
+                if *admission == Admission::Probe {
+                    self.lock().probing = false;
+                }
+                return None;
+            }
+        };
+        let mut inner = self.lock();
+        let before = inner.state;
+        if *admission == Admission::Probe {
+            inner.probing = false;
+            if failed {
+                self.open(&mut inner, now);
+            } else {
+                inner.state = CircuitState::Closed;
+                inner.consecutive = 0;
+                inner.reopenings = 0;
+                inner.opened_at = None;
+                inner.recovery_at = None;
+                inner
+                    .buckets
+                    .iter_mut()
+                    .for_each(|b| *b = Bucket::default());
+            }
+        } else if inner.state == CircuitState::Closed {
+            self.count(&mut inner, now, failed);
+            if failed {
+                inner.consecutive += 1;
+                let (requests, rate) = self.rate(&inner, now);
+                if inner.consecutive >= self.config.consecutive_failures
+                    || (requests >= self.config.min_requests
+                        && rate >= self.config.error_rate_threshold)
+                {
+                    self.open(&mut inner, now);
+                }
+            } else {
+                inner.consecutive = 0;
+            }
+        }
+        (inner.state != before).then_some(inner.state)
+    }
+
+    /// A probe that ended without an outcome (cancelled) frees the slot.
+    pub fn release(&self, admission: &Admission) {
+        if *admission == Admission::Probe {
+            self.lock().probing = false;
+        }
+    }
+
+    /// Opens the circuit now, by hand; it recovers as usual.
+    pub fn force_open(&self) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        self.open(&mut inner, now);
+    }
+
+    /// Closes the circuit now, by hand (the recovery backoff starts over),
+    /// keeping the window's counts.
+    pub fn force_close(&self) {
+        let mut inner = self.lock();
+        inner.state = CircuitState::Closed;
+        inner.consecutive = 0;
+        inner.reopenings = 0;
+        inner.probing = false;
+        inner.opened_at = None;
+        inner.recovery_at = None;
+    }
+
+    /// Closes the circuit and forgets everything it counted.
+    pub fn reset(&self) {
+        self.force_close();
+        let mut inner = self.lock();
+        inner
+            .buckets
+            .iter_mut()
+            .for_each(|b| *b = Bucket::default());
+    }
+
+    pub fn status(&self) -> BreakerStatus {
+        let now = self.clock.now();
+        let inner = self.lock();
+        let (requests, rate) = self.rate(&inner, now);
+        BreakerStatus {
+            state: inner.state,
+            opened_at: inner.opened_at,
+            recovery_at: inner.recovery_at,
+            error_rate: rate,
+            requests_in_window: requests,
+        }
+    }
+
+    fn open(&self, inner: &mut Inner, now: Instant) {
+        let factor = self
+            .config
+            .recovery_backoff_multiplier
+            .max(1.0)
+            .powi(i32::try_from(inner.reopenings).unwrap_or(i32::MAX));
+        let wait = self
+            .config
+            .recovery_window
+            .mul_f64(factor.min(1e6))
+            .min(self.config.recovery_backoff_max);
+        inner.state = CircuitState::Open;
+        inner.probing = false;
+        inner.opened_at = Some(now);
+        inner.recovery_at = Some(now + wait);
+        inner.reopenings = inner.reopenings.saturating_add(1);
+        inner.consecutive = 0;
+    }
+
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    fn count(&self, inner: &mut Inner, now: Instant, failed: bool) {
+        let second = self.second(now);
+        let len = inner.buckets.len() as u64;
+        let bucket = &mut inner.buckets[(second % len) as usize];
+        if bucket.second != second {
+            *bucket = Bucket {
+                second,
+                ok: 0,
+                failed: 0,
+            };
+        }
+        if failed {
+            bucket.failed += 1;
+        } else {
+            bucket.ok += 1;
+        }
+    }
+
+    /// Requests and failure share over the window ending now.
+    fn rate(&self, inner: &Inner, now: Instant) -> (u32, f64) {
+        let second = self.second(now);
+        let len = inner.buckets.len() as u64;
+        let (ok, failed) = inner
+            .buckets
+            .iter()
+            .filter(|b| b.second + len > second && b.second <= second && (b.ok > 0 || b.failed > 0))
+            .fold((0u32, 0u32), |(o, f), b| (o + b.ok, f + b.failed));
+        let total = ok + failed;
+        let rate = if total == 0 {
+            0.0
+        } else {
+            f64::from(failed) / f64::from(total)
+        };
+        (total, rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(config: BreakerConfig) -> (Breaker, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        (Breaker::new(config, clock.clone()), clock)
+    }
+
+    fn fail(b: &Breaker) -> Option<CircuitState> {
+        let a = b.admit();
+        assert_ne!(a, Admission::Refuse);
+        b.record(&a, Outcome::Failure)
+    }
+
+    fn succeed(b: &Breaker) -> Option<CircuitState> {
+        let a = b.admit();
+        assert_ne!(a, Admission::Refuse);
+        b.record(&a, Outcome::Success)
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
+        let (b, _) = breaker(BreakerConfig {
+            consecutive_failures: 3,
+            ..BreakerConfig::default()
+        });
+        assert_eq!(fail(&b), None);
+        assert_eq!(fail(&b), None);
+        assert_eq!(succeed(&b), None);
+        assert_eq!(fail(&b), None);
+        assert_eq!(fail(&b), None);
+        assert_eq!(fail(&b), Some(CircuitState::Open));
+        assert_eq!(b.admit(), Admission::Refuse);
+    }
+
+    #[test]
+    fn opens_on_the_error_rate_once_enough_requests_were_seen() {
+        let (b, clock) = breaker(BreakerConfig {
+            consecutive_failures: 100,
+            error_rate_threshold: 0.5,
+            min_requests: 10,
+            ..BreakerConfig::default()
+        });
+        for _ in 0..4 {
+            succeed(&b);
+            clock.advance(Duration::from_secs(1));
+            fail(&b);
+        }
+        // 8 requests, half failed: not enough requests yet.
+        assert_eq!(b.state(), CircuitState::Closed);
+        succeed(&b);
+        assert_eq!(fail(&b), Some(CircuitState::Open), "10 requests, 5 failed");
+    }
+
+    #[test]
+    fn old_failures_leave_the_window() {
+        let (b, clock) = breaker(BreakerConfig {
+            consecutive_failures: 100,
+            min_requests: 4,
+            window: Duration::from_secs(10),
+            ..BreakerConfig::default()
+        });
+        fail(&b);
+        fail(&b);
+        succeed(&b);
+        clock.advance(Duration::from_secs(11));
+        succeed(&b);
+        succeed(&b);
+        fail(&b);
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "the first two failures are out of the window"
+        );
+        assert_eq!(b.status().requests_in_window, 3);
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_through_and_closes_on_success() {
+        let (b, clock) = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            ..BreakerConfig::default()
+        });
+        fail(&b);
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(b.admit(), Admission::Refuse);
+        clock.advance(Duration::from_secs(1));
+        let probe = b.admit();
+        assert_eq!(probe, Admission::Probe);
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        assert_eq!(b.admit(), Admission::Refuse, "exactly one probe");
+        assert_eq!(
+            b.record(&probe, Outcome::Success),
+            Some(CircuitState::Closed)
+        );
+        assert_eq!(b.admit(), Admission::Go);
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_with_exponential_backoff_up_to_the_maximum() {
+        let (b, clock) = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            recovery_window: Duration::from_secs(10),
+            recovery_backoff_multiplier: 2.0,
+            recovery_backoff_max: Duration::from_secs(35),
+            ..BreakerConfig::default()
+        });
+        fail(&b);
+        for wait in [10, 20, 35, 35] {
+            clock.advance(Duration::from_secs(wait - 1));
+            assert_eq!(b.admit(), Admission::Refuse, "open for {wait} s");
+            clock.advance(Duration::from_secs(1));
+            let probe = b.admit();
+            assert_eq!(probe, Admission::Probe);
+            assert_eq!(b.record(&probe, Outcome::Failure), Some(CircuitState::Open));
+        }
+        clock.advance(Duration::from_secs(35));
+        let probe = b.admit();
+        b.record(&probe, Outcome::Success);
+        fail(&b);
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(b.admit(), Admission::Probe, "a success resets the backoff");
+    }
+
+    #[test]
+    fn rate_limits_count_only_when_asked() {
+        let (b, _) = breaker(BreakerConfig {
+            consecutive_failures: 2,
+            ..BreakerConfig::default()
+        });
+        for _ in 0..5 {
+            let a = b.admit();
+            b.record(&a, Outcome::RateLimited);
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        let (b, _) = breaker(BreakerConfig {
+            consecutive_failures: 2,
+            treat_rate_limit_as_error: true,
+            ..BreakerConfig::default()
+        });
+        let a = b.admit();
+        b.record(&a, Outcome::RateLimited);
+        let a = b.admit();
+        assert_eq!(b.record(&a, Outcome::RateLimited), Some(CircuitState::Open));
+    }
+
+    #[test]
+    fn manual_control_and_released_probes() {
+        let (b, clock) = breaker(BreakerConfig::default());
+        b.force_open();
+        assert_eq!(b.admit(), Admission::Refuse);
+        b.force_close();
+        assert_eq!(b.admit(), Admission::Go);
+        b.force_open();
+        clock.advance(Duration::from_secs(30));
+        let probe = b.admit();
+        assert_eq!(probe, Admission::Probe);
+        b.release(&probe);
+        assert_eq!(
+            b.admit(),
+            Admission::Probe,
+            "a cancelled probe frees the slot"
+        );
+        b.reset();
+        assert_eq!(b.status().state, CircuitState::Closed);
+        assert_eq!(b.status().requests_in_window, 0);
+    }
+}
