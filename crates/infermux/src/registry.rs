@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::breaker::{Breaker, BreakerConfig, Clock, SystemClock};
 use crate::error::{Error, ErrorKind};
 use crate::provider::Provider;
 
@@ -18,6 +19,8 @@ pub struct Entry {
     pub name: Arc<str>,
     /// Caller-facing alias → the model name this provider receives.
     pub aliases: Vec<(String, String)>,
+    /// This provider's circuit breaker.
+    pub breaker: Arc<Breaker>,
 }
 
 impl Entry {
@@ -46,6 +49,7 @@ pub struct Route {
     pub provider: Arc<dyn Provider>,
     pub provider_name: Arc<str>,
     pub upstream_model: Arc<str>,
+    pub breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for Route {
@@ -107,6 +111,7 @@ impl Snapshot {
             provider: e.provider.clone(),
             provider_name: e.name.clone(),
             upstream_model,
+            breaker: e.breaker.clone(),
         }
     }
 }
@@ -115,6 +120,8 @@ impl Snapshot {
 pub struct Registry {
     snapshot: ArcSwap<Snapshot>,
     writer: Mutex<()>,
+    /// How breakers of newly registered providers behave, and their clock.
+    breakers: (BreakerConfig, Arc<dyn Clock>),
 }
 
 impl Default for Registry {
@@ -137,7 +144,27 @@ impl Registry {
         Registry {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
+            breakers: (BreakerConfig::default(), Arc::new(SystemClock)),
         }
+    }
+
+    /// An empty registry whose providers get breakers with `config` and `clock`.
+    pub fn with_breakers(config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+        Registry {
+            breakers: (config, clock),
+            ..Registry::new()
+        }
+    }
+
+    /// Adds a provider with its own breaker settings.
+    pub fn register_with_breaker(
+        &self,
+        provider: Arc<dyn Provider>,
+        aliases: Vec<(String, String)>,
+        breaker: BreakerConfig,
+    ) -> Result<(), Error> {
+        let breaker = Arc::new(Breaker::new(breaker, self.breakers.1.clone()));
+        self.add(provider, aliases, breaker)
     }
 
     /// Adds a provider after those already registered. Names must be unique.
@@ -151,6 +178,19 @@ impl Registry {
         &self,
         provider: Arc<dyn Provider>,
         aliases: Vec<(String, String)>,
+    ) -> Result<(), Error> {
+        let breaker = Arc::new(Breaker::new(
+            self.breakers.0.clone(),
+            self.breakers.1.clone(),
+        ));
+        self.add(provider, aliases, breaker)
+    }
+
+    fn add(
+        &self,
+        provider: Arc<dyn Provider>,
+        aliases: Vec<(String, String)>,
+        breaker: Arc<Breaker>,
     ) -> Result<(), Error> {
         let name: Arc<str> = Arc::from(provider.name());
         if name.is_empty() {
@@ -166,6 +206,7 @@ impl Registry {
                 provider,
                 name,
                 aliases,
+                breaker,
             });
             Ok(())
         })

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 use futures_util::FutureExt;
 
+use crate::breaker::{Admission, CircuitState, Outcome};
 use crate::config::Price;
 use crate::cost::{Pricing, price_of};
 use crate::error::{Error, ErrorKind, ProviderError};
@@ -129,19 +130,29 @@ impl Router {
         span: &mut PendingSpan,
     ) -> Result<Routed, Error> {
         let routes = self.prepare(req, span)?;
-        let last = u32::try_from(routes.len()).unwrap_or(u32::MAX);
-        for (n, route) in (1u32..).zip(routes) {
-            span.note_attempt(&route, n);
+        let count = routes.len();
+        let mut attempts = 0;
+        let mut last_error = None;
+        for (i, route) in routes.into_iter().enumerate() {
+            let Some(permit) = Permit::acquire(&route) else {
+                continue;
+            };
+            attempts += 1;
+            span.note_attempt(&route, attempts);
             let cctx = span.call_context(&route, ctx);
             let call = AssertUnwindSafe(route.provider.infer(&cctx, req)).catch_unwind();
-            let outcome = with_deadline(span.remaining(ctx), &route, call)
-                .await
-                .and_then(|o| o.map_err(|_| panicked(&route)))
-                .and_then(|o| o.map_err(Error::from));
+            let outcome = match with_deadline(span.remaining(ctx), &route, call).await {
+                Err(e) => Err(permit.caller_gave_up(e)),
+                Ok(done) => permit.record(
+                    done.map_err(|_| panicked(&route))
+                        .and_then(|r| r.map_err(Error::from)),
+                ),
+            };
             let mut response = match outcome {
                 Ok(response) => response,
-                Err(e) if n < last && span.may_retry(&e, ctx) => {
+                Err(e) if i + 1 < count && span.may_retry(&e, ctx) => {
                     tracing::debug!(provider = %route.provider_name, error = %e, "attempt failed; trying the next provider");
+                    last_error = Some(e);
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -162,7 +173,7 @@ impl Router {
                 span_id: span.span_id,
             });
         }
-        Err(Error::internal("no provider was tried"))
+        Err(last_error.unwrap_or_else(|| no_healthy_providers(req)))
     }
 
     /// Routes one embeddings request, reporting one span like any other call.
@@ -222,9 +233,15 @@ impl Router {
         // stream and waits for its first item before committing to it.
         let opened = async {
             let routes = self.prepare(req, &mut span)?;
-            let last = u32::try_from(routes.len()).unwrap_or(u32::MAX);
-            for (n, route) in (1u32..).zip(routes) {
-                span.note_attempt(&route, n);
+            let count = routes.len();
+            let mut attempts = 0;
+            let mut last_error = None;
+            for (i, route) in routes.into_iter().enumerate() {
+                let Some(permit) = Permit::acquire(&route) else {
+                    continue;
+                };
+                attempts += 1;
+                span.note_attempt(&route, attempts);
                 let cctx = span.call_context(&route, ctx);
                 let open = async {
                     let mut inner = route.provider.infer_stream(&cctx, req).await?;
@@ -234,19 +251,21 @@ impl Router {
                         first => Ok((inner, first)),
                     }
                 };
-                let outcome = with_deadline(span.remaining(ctx), &route, AssertUnwindSafe(open).catch_unwind())
-                    .await
-                    .and_then(|o| o.map_err(|_| panicked(&route)))
-                    .and_then(|o| o.map_err(Error::from));
+                let open = AssertUnwindSafe(open).catch_unwind();
+                let outcome = match with_deadline(span.remaining(ctx), &route, open).await {
+                    Err(e) => Err(permit.caller_gave_up(e)),
+                    Ok(done) => permit.record(done.map_err(|_| panicked(&route)).and_then(|r| r.map_err(Error::from))),
+                };
                 match outcome {
                     Ok((inner, first)) => return Ok((route, inner, first)),
-                    Err(e) if n < last && span.may_retry(&e, ctx) => {
+                    Err(e) if i + 1 < count && span.may_retry(&e, ctx) => {
                         tracing::debug!(provider = %route.provider_name, error = %e, "stream attempt failed; trying the next provider");
+                        last_error = Some(e);
                     }
                     Err(e) => return Err(e),
                 }
             }
-            Err(Error::internal("no provider was tried"))
+            Err(last_error.unwrap_or_else(|| no_healthy_providers(req)))
         }
         .await;
         match opened {
@@ -323,6 +342,74 @@ async fn with_deadline<F: Future>(
                 ),
             )
         }),
+    }
+}
+
+fn no_healthy_providers(req: &InferRequest) -> Error {
+    Error::new(
+        ErrorKind::NoHealthyProviders,
+        format!(
+            "every provider for model \"{}\" has an open circuit; try again later",
+            crate::validate::truncate(&req.model, 128)
+        ),
+    )
+}
+
+/// Leave to call one provider, from its circuit breaker. The outcome goes back
+/// to the breaker; a permit dropped without one (the caller went away) gives a
+/// half-open probe slot back.
+struct Permit<'a> {
+    route: &'a Route,
+    admission: Option<Admission>,
+}
+
+impl<'a> Permit<'a> {
+    fn acquire(route: &'a Route) -> Option<Self> {
+        match route.breaker.admit() {
+            Admission::Refuse => None,
+            admission => Some(Permit {
+                route,
+                admission: Some(admission),
+            }),
+        }
+    }
+
+    /// Records how the call went and passes its result on.
+    fn record<T>(mut self, result: Result<T, Error>) -> Result<T, Error> {
+        let outcome = match &result {
+            Ok(_) => Outcome::Success,
+            Err(e) if e.kind() == ErrorKind::RateLimited => Outcome::RateLimited,
+            Err(e) if e.disposition().provider_failure => Outcome::Failure,
+            // The provider answered (a 4xx, a refused request): it is up.
+            Err(_) => Outcome::Success,
+        };
+        if let Some(admission) = self.admission.take()
+            && let Some(state) = self.route.breaker.record(&admission, outcome)
+        {
+            match state {
+                CircuitState::Open => {
+                    tracing::warn!(provider = %self.route.provider_name, "circuit opened")
+                }
+                other => {
+                    tracing::info!(provider = %self.route.provider_name, state = other.as_str(), "circuit state changed")
+                }
+            }
+        }
+        result
+    }
+
+    /// The caller's deadline passed first: says nothing of the provider.
+    fn caller_gave_up(self, e: Error) -> Error {
+        drop(self);
+        e
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            self.route.breaker.release(&admission);
+        }
     }
 }
 
@@ -848,6 +935,56 @@ mod tests {
         assert_eq!(text, "fake: Hello there");
         assert_eq!((a.started(), b.started()), (1, 1));
         assert_eq!(sink.spans()[0].attrs.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn open_circuits_are_skipped_and_all_open_is_no_healthy_providers() {
+        use crate::breaker::{BreakerConfig, ManualClock};
+        let clock = Arc::new(ManualClock::default());
+        let config = BreakerConfig {
+            consecutive_failures: 2,
+            ..BreakerConfig::default()
+        };
+        let registry = Registry::with_breakers(config, clock.clone());
+        let a = FakeProvider::new("a", &["m"])
+            .then(Step::Fail(ProviderError::Unavailable("down".into())));
+        let b = FakeProvider::new("b", &["m"]);
+        let (calls_a, calls_b) = (a.calls(), b.calls());
+        registry.register(Arc::new(a)).unwrap();
+        registry.register(Arc::new(b)).unwrap();
+        let router = Router::without_spans(Arc::new(registry));
+        let req = InferRequest::prompt("m", "x");
+        for _ in 0..2 {
+            assert_eq!(router.infer(&req).await.unwrap().provider, "b");
+        }
+        assert_eq!(calls_a.started(), 2);
+        // a's circuit is open: requests go straight to b.
+        for _ in 0..3 {
+            assert_eq!(router.infer(&req).await.unwrap().provider, "b");
+        }
+        assert_eq!(calls_a.started(), 2, "an open circuit gets no traffic");
+        assert_eq!(calls_b.started(), 5);
+
+        // Both open: 503, and no provider is called.
+        router.registry().entries()[1].breaker.force_open();
+        let e = router.infer(&req).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoHealthyProviders);
+        assert_eq!(e.disposition().http_status, 503);
+        assert_eq!((calls_a.started(), calls_b.started()), (2, 5));
+
+        // After the recovery window one probe goes to each; a (still down)
+        // reopens, b (healthy) closes and serves.
+        clock.advance(std::time::Duration::from_secs(30));
+        assert_eq!(router.infer(&req).await.unwrap().provider, "b");
+        assert_eq!(calls_a.started(), 3, "a got exactly its probe");
+        use crate::breaker::CircuitState;
+        let states: Vec<CircuitState> = router
+            .registry()
+            .entries()
+            .iter()
+            .map(|e| e.breaker.state())
+            .collect();
+        assert_eq!(states, [CircuitState::Open, CircuitState::Closed]);
     }
 
     #[tokio::test]
