@@ -137,7 +137,14 @@ pub struct BreakerStatus {
     pub error_rate: f64,
     /// Requests recorded in the window.
     pub requests_in_window: u32,
+    /// Requests that ended in the last 60 s.
+    pub requests_last_minute: u32,
+    /// 95th percentile latency of the last (up to 512) calls in the last minute.
+    pub p95_latency_ms: Option<u64>,
 }
+
+/// How many recent latencies are kept for the p95.
+const LATENCIES: usize = 512;
 
 /// Per-second counts over the window.
 #[derive(Debug, Clone, Copy, Default)]
@@ -157,6 +164,11 @@ struct Inner {
     reopenings: u32,
     probing: bool,
     buckets: Vec<Bucket>,
+    /// Requests per second over the last minute.
+    minute: [Bucket; 60],
+    /// Recent (end time, latency in ms), a ring.
+    latencies: Vec<(Instant, u64)>,
+    next_latency: usize,
 }
 
 /// One provider's circuit breaker.
@@ -197,6 +209,9 @@ impl Breaker {
                 reopenings: 0,
                 probing: false,
                 buckets: vec![Bucket::default(); seconds],
+                minute: [Bucket::default(); 60],
+                latencies: Vec::with_capacity(LATENCIES),
+                next_latency: 0,
             }),
         }
     }
@@ -230,6 +245,31 @@ impl Breaker {
                 Admission::Probe
             }
         }
+    }
+
+    /// Records how long a call took (for status reports: p95, requests per
+    /// minute), whatever its outcome.
+    pub fn observe(&self, latency: Duration) {
+        let now = self.clock.now();
+        let second = self.second(now);
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        let mut inner = self.lock();
+        let bucket = &mut inner.minute[(second % 60) as usize];
+        if bucket.second != second {
+            *bucket = Bucket {
+                second,
+                ok: 0,
+                failed: 0,
+            };
+        }
+        bucket.ok += 1;
+        if inner.latencies.len() < LATENCIES {
+            inner.latencies.push((now, ms));
+        } else {
+            let i = inner.next_latency;
+            inner.latencies[i] = (now, ms);
+        }
+        inner.next_latency = (inner.next_latency + 1) % LATENCIES;
     }
 
     /// Records how an admitted request ended. Returns the new state when it
@@ -323,12 +363,31 @@ impl Breaker {
         let now = self.clock.now();
         let inner = self.lock();
         let (requests, rate) = self.rate(&inner, now);
+        let second = self.second(now);
+        let requests_last_minute = inner
+            .minute
+            .iter()
+            .filter(|b| b.second + 60 > second && b.second <= second)
+            .map(|b| b.ok)
+            .sum();
+        let minute_ago = now.checked_sub(Duration::from_secs(60));
+        let mut recent: Vec<u64> = inner
+            .latencies
+            .iter()
+            .filter(|(t, _)| minute_ago.is_none_or(|m| *t > m))
+            .map(|(_, ms)| *ms)
+            .collect();
+        recent.sort_unstable();
+        let p95_latency_ms =
+            (!recent.is_empty()).then(|| recent[(recent.len() * 95).div_ceil(100) - 1]);
         BreakerStatus {
             state: inner.state,
             opened_at: inner.opened_at,
             recovery_at: inner.recovery_at,
             error_rate: rate,
             requests_in_window: requests,
+            requests_last_minute,
+            p95_latency_ms,
         }
     }
 
@@ -537,6 +596,21 @@ mod tests {
         b.record(&a, Outcome::RateLimited);
         let a = b.admit();
         assert_eq!(b.record(&a, Outcome::RateLimited), Some(CircuitState::Open));
+    }
+
+    #[test]
+    fn status_reports_the_last_minute() {
+        let (b, clock) = breaker(BreakerConfig::default());
+        assert_eq!(b.status().p95_latency_ms, None);
+        for ms in 1..=100 {
+            b.observe(Duration::from_millis(ms));
+        }
+        let s = b.status();
+        assert_eq!((s.requests_last_minute, s.p95_latency_ms), (100, Some(95)));
+        clock.advance(Duration::from_secs(61));
+        b.observe(Duration::from_millis(7));
+        let s = b.status();
+        assert_eq!((s.requests_last_minute, s.p95_latency_ms), (1, Some(7)));
     }
 
     #[test]

@@ -141,11 +141,13 @@ impl Router {
             span.note_attempt(&route, attempts);
             let cctx = span.call_context(&route, ctx);
             let call = AssertUnwindSafe(route.provider.infer(&cctx, req)).catch_unwind();
+            let attempt_started = Instant::now();
             let outcome = match with_deadline(span.remaining(ctx), &route, call).await {
                 Err(e) => Err(permit.caller_gave_up(e)),
                 Ok(done) => permit.record(
                     done.map_err(|_| panicked(&route))
                         .and_then(|r| r.map_err(Error::from)),
+                    attempt_started,
                 ),
             };
             let mut response = match outcome {
@@ -252,9 +254,13 @@ impl Router {
                     }
                 };
                 let open = AssertUnwindSafe(open).catch_unwind();
+                let attempt_started = Instant::now();
                 let outcome = match with_deadline(span.remaining(ctx), &route, open).await {
                     Err(e) => Err(permit.caller_gave_up(e)),
-                    Ok(done) => permit.record(done.map_err(|_| panicked(&route)).and_then(|r| r.map_err(Error::from))),
+                    Ok(done) => permit.record(
+                        done.map_err(|_| panicked(&route)).and_then(|r| r.map_err(Error::from)),
+                        attempt_started,
+                    ),
                 };
                 match outcome {
                     Ok((inner, first)) => return Ok((route, inner, first)),
@@ -375,7 +381,8 @@ impl<'a> Permit<'a> {
     }
 
     /// Records how the call went and passes its result on.
-    fn record<T>(mut self, result: Result<T, Error>) -> Result<T, Error> {
+    fn record<T>(mut self, result: Result<T, Error>, started: Instant) -> Result<T, Error> {
+        self.route.breaker.observe(started.elapsed());
         let outcome = match &result {
             Ok(_) => Outcome::Success,
             Err(e) if e.kind() == ErrorKind::RateLimited => Outcome::RateLimited,
