@@ -9,11 +9,13 @@
 //! - `error`: renders [`infermux::Error`] as the contract's JSON error body.
 //! - `routes`: the MIST-native endpoints and `/_infermux/health`.
 //! - `openai`: the OpenAI-compatible endpoints under `/v1`.
+//! - `management`: `/_infermux/status`, `providers`, circuit control, the token.
 //!
 //! [`Router`]: infermux::Router
 
 mod error;
 mod extract;
+mod management;
 mod openai;
 mod routes;
 pub mod server;
@@ -30,11 +32,25 @@ pub use server::serve;
 #[derive(Debug)]
 pub struct AppState {
     pub router: Router,
+    /// Bearer token for `/_infermux/*` (but `health`); none means open.
+    pub management_token: Option<String>,
+    pub started: std::time::Instant,
 }
 
-/// The HTTP application: every route of the contract, over one [`Router`].
+/// The HTTP application: every route of the contract, over one [`Router`],
+/// with the management endpoints open.
 pub fn app(router: Router) -> axum::Router {
-    let state = Arc::new(AppState { router });
+    app_with_token(router, None)
+}
+
+/// The HTTP application with the management endpoints behind a bearer token
+/// (`INFERMUX_MANAGEMENT_TOKEN`) when `management_token` is set.
+pub fn app_with_token(router: Router, management_token: Option<String>) -> axum::Router {
+    let state = Arc::new(AppState {
+        router,
+        management_token: management_token.filter(|t| !t.is_empty()),
+        started: std::time::Instant::now(),
+    });
     axum::Router::new()
         .route("/mist", post(routes::mist))
         .route("/infer", post(routes::infer))
@@ -43,8 +59,18 @@ pub fn app(router: Router) -> axum::Router {
         .route("/v1/models", get(openai::models))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/_infermux/health", get(routes::health))
+        .route("/_infermux/status", get(management::status))
+        .route("/_infermux/providers", get(management::providers))
+        .route(
+            "/_infermux/providers/{name}/circuit/{action}",
+            post(management::circuit),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            management::require_token,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))

@@ -621,3 +621,140 @@ async fn shutdown_finishes_in_flight_requests() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn management_status_providers_and_manual_circuits() {
+    let r = Registry::new();
+    r.register(Arc::new(EchoProvider::new())).unwrap();
+    r.register(Arc::new(FakeProvider::new("fake", &["fake-1"])))
+        .unwrap();
+    let s = Server::start(Router::without_spans(Arc::new(r))).await;
+    let (status, _, _) = s.post_json("/infer", &hello("fake-1")).await;
+    assert_eq!(status, 200);
+
+    let get = |path: &str| {
+        let client = s.client.clone();
+        let url = s.url(path);
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, body) = get("/_infermux/providers").await;
+    assert_eq!(code, 200);
+    let fake = &body["providers"][1];
+    assert_eq!(fake["name"], "fake");
+    assert_eq!(fake["type"], "fake");
+    assert_eq!(fake["models"], json!(["fake-1"]));
+    assert_eq!(
+        (fake["healthy"].clone(), fake["circuit"].clone()),
+        (json!(true), json!("closed"))
+    );
+    assert_eq!(fake["requests_last_minute"], 1);
+    assert_eq!(fake["error_rate"], 0.0);
+    assert!(fake["p95_latency_ms"].is_u64());
+    assert_eq!(body["providers"][0]["type"], "echo");
+
+    let (code, _, body) = s
+        .post_json("/_infermux/providers/fake/circuit/open", &json!({}))
+        .await;
+    assert_eq!((code, body["circuit"].clone()), (200, json!("open")));
+    let (status, _, body) = s.post_json("/infer", &hello("fake-1")).await;
+    assert_error(status, &body, 503, "no_healthy_providers");
+    let (_, body) = get("/_infermux/providers").await;
+    let fake = &body["providers"][1];
+    assert_eq!(
+        (fake["healthy"].clone(), fake["circuit"].clone()),
+        (json!(false), json!("open"))
+    );
+    assert!(fake["circuit_opened_at"].as_str().unwrap().ends_with('Z'));
+    assert!(fake["recovery_at"].is_string());
+    let (_, body) = get("/_infermux/status").await;
+    assert_eq!(
+        (body["status"].clone(), body["open_circuits"].clone()),
+        (json!("degraded"), json!(1))
+    );
+
+    let (code, _, body) = s
+        .post_json("/_infermux/providers/fake/circuit/close", &json!({}))
+        .await;
+    assert_eq!((code, body["circuit"].clone()), (200, json!("closed")));
+    let (status, _, _) = s.post_json("/infer", &hello("fake-1")).await;
+    assert_eq!(status, 200);
+    let (code, _, _) = s
+        .post_json("/_infermux/providers/fake/circuit/reset", &json!({}))
+        .await;
+    assert_eq!(code, 200);
+
+    let (code, _, body) = s
+        .post_json("/_infermux/providers/nobody/circuit/open", &json!({}))
+        .await;
+    assert!(assert_error(code, &body, 404, "not_found").contains("nobody"));
+    let (code, _, body) = s
+        .post_json("/_infermux/providers/fake/circuit/explode", &json!({}))
+        .await;
+    assert!(assert_error(code, &body, 404, "not_found").contains("explode"));
+}
+
+#[tokio::test]
+async fn the_management_token_guards_everything_but_health() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = infermux_http::app_with_token(
+        Router::without_spans(echo_registry()),
+        Some("s3cret".into()),
+    );
+    tokio::spawn(infermux_http::serve(
+        listener,
+        app,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("http://{addr}{p}");
+    assert_eq!(
+        client
+            .get(url("/_infermux/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in ["/_infermux/status", "/_infermux/providers"] {
+        let resp = client.get(url(path)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        assert!(
+            assert_error(status, &resp.json().await.unwrap(), 401, "unauthorized")
+                .contains("Bearer")
+        );
+        let resp = client
+            .get(url(path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        let resp = client
+            .get(url(path))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = client
+        .post(url("/_infermux/providers/echo/circuit/open"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // The routed API is not behind the token.
+    let resp = client
+        .post(url("/infer"))
+        .json(&hello("echo-v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

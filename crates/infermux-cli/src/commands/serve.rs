@@ -42,7 +42,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         setup::shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let app = infermux_http::app(prepared.router(spans));
+    let token = std::env::var("INFERMUX_MANAGEMENT_TOKEN").ok();
+    let app = infermux_http::app_with_token(prepared.router(spans), token);
     infermux_http::server::serve_per_core(&rt, first, threads, app, stopped, args.grace_period)
         .map_err(|e| format!("server error: {e}"))?;
     if let Some(task) = reporter {

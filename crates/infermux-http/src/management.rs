@@ -1,0 +1,202 @@
+//! Management endpoints under `/_infermux/`: status, providers with their
+//! circuits, and manual circuit control. Every path but `health` requires
+//! `Authorization: Bearer <INFERMUX_MANAGEMENT_TOKEN>` when a token is set.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use infermux::breaker::CircuitState;
+use infermux::{Error, ErrorKind};
+use serde::Serialize;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Rejects management calls without the right bearer token (when one is set).
+pub async fn require_token(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = state.management_token.as_deref() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if !path.starts_with("/_infermux/") || path == "/_infermux/health" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError(Error::new(
+            ErrorKind::Unauthorized,
+            "the management token is wrong",
+        ))
+        .into_response(),
+        None => ApiError(Error::new(
+            ErrorKind::Unauthorized,
+            "management endpoints need Authorization: Bearer <INFERMUX_MANAGEMENT_TOKEN>",
+        ))
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// RFC 3339 (UTC, seconds) of an `Instant`, through the wall clock.
+fn rfc3339(at: Instant) -> String {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let t = if at <= now {
+        wall - (now - at)
+    } else {
+        wall + (at - now)
+    };
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[derive(Serialize)]
+struct ProviderStatus {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    models: Vec<String>,
+    healthy: bool,
+    circuit: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    circuit_opened_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery_at: Option<String>,
+    error_rate: f64,
+    p95_latency_ms: Option<u64>,
+    requests_last_minute: u32,
+}
+
+fn provider_statuses(state: &AppState) -> Vec<ProviderStatus> {
+    state
+        .router
+        .registry()
+        .entries()
+        .iter()
+        .map(|e| {
+            let s = e.breaker.status();
+            let open = s.state == CircuitState::Open;
+            ProviderStatus {
+                name: e.name.to_string(),
+                kind: e.provider.kind().to_owned(),
+                models: e.routable_models(),
+                healthy: s.state != CircuitState::Open,
+                circuit: s.state.as_str(),
+                circuit_opened_at: s.opened_at.filter(|_| open).map(rfc3339),
+                recovery_at: s.recovery_at.filter(|_| open).map(rfc3339),
+                error_rate: s.error_rate,
+                p95_latency_ms: s.p95_latency_ms,
+                requests_last_minute: s.requests_last_minute,
+            }
+        })
+        .collect()
+}
+
+/// `GET /_infermux/providers`.
+pub async fn providers(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(serde_json::json!({ "providers": provider_statuses(&state) })).into_response()
+}
+
+/// `GET /_infermux/status`: the whole picture in one answer.
+pub async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let providers = provider_statuses(&state);
+    let open = providers.iter().filter(|p| p.circuit == "open").count();
+    axum::Json(serde_json::json!({
+        "status": if open == 0 { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "open_circuits": open,
+        "spans_dropped": state.router.spans().dropped(),
+        "providers": providers,
+    }))
+    .into_response()
+}
+
+/// `POST /_infermux/providers/{name}/circuit/{open|close|reset}`.
+pub async fn circuit(
+    State(state): State<Arc<AppState>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let entry = state
+        .router
+        .registry()
+        .entries()
+        .into_iter()
+        .find(|e| *e.name == *name)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::RouteNotFound,
+                format!(
+                    "no provider is named \"{}\"",
+                    infermux::validate::truncate(&name, 128)
+                ),
+            )
+        })?;
+    match action.as_str() {
+        "open" => entry.breaker.force_open(),
+        "close" => entry.breaker.force_close(),
+        "reset" => entry.breaker.reset(),
+        other => {
+            return Err(Error::new(
+                ErrorKind::RouteNotFound,
+                format!(
+                    "unknown circuit action \"{}\" (expected open, close or reset)",
+                    infermux::validate::truncate(other, 32)
+                ),
+            )
+            .into());
+        }
+    }
+    tracing::info!(provider = %entry.name, action = %action, "circuit changed by hand");
+    Ok(axum::Json(
+        serde_json::json!({"name": *entry.name, "circuit": entry.breaker.state().as_str()}),
+    )
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_instants() {
+        let s = rfc3339(Instant::now());
+        assert_eq!(s.len(), 20, "{s}");
+        assert!(s.starts_with("20") && s.ends_with('Z'));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
