@@ -31,9 +31,32 @@ pub enum Command {
     ServeGrpc(ServeGrpcArgs),
     /// Route one prompt and print the reply.
     Infer(InferArgs),
+    /// Show a running server's state; exit 0 when every circuit is closed,
+    /// 1 when any is open, 2 when the server cannot be reached.
+    Status(RemoteArgs),
+    /// List a running server's providers with their circuits and load.
+    Providers(RemoteArgs),
     /// Check a config file without starting anything (no network calls).
     /// Exit 0 valid, 1 file not found, 2 malformed YAML, 3 invalid content.
     Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The server's base URL (its management token, if any, is read from
+    /// INFERMUX_MANAGEMENT_TOKEN).
+    #[arg(long, default_value = "http://localhost:8600", env = "INFERMUX_SERVER")]
+    pub server: String,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -486,3 +486,42 @@ fn validate_exit_codes() {
     assert!(stderr.contains("opnai"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn status_and_providers_against_a_running_server() {
+    let mut served = Served::start(&["--addr", "127.0.0.1:0"], &[]);
+    let server = format!("http://{}", served.addr);
+    let (code, stdout, stderr) = run(&["status", "--server", &server]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("status: ok") && stdout.contains("echo") && stdout.contains("closed"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&["providers", "--server", &server, "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["providers"][0]["name"], "echo");
+    assert_eq!(v["providers"][0]["circuit"], "closed");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{server}/_infermux/providers/echo/circuit/open"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    });
+    drop(rt);
+    let (code, stdout, _) = run(&["status", "--server", &server]);
+    assert_eq!(code, 1, "an open circuit: {stdout}");
+    assert!(stdout.contains("open"), "{stdout}");
+    assert_eq!(served.terminate(), 0);
+
+    let (code, _, stderr) = run(&["status", "--server", &server]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+}

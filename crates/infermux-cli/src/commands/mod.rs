@@ -1,6 +1,7 @@
 //! One file per command.
 
 mod infer;
+mod remote;
 mod serve;
 mod serve_grpc;
 mod validate;
@@ -15,5 +16,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::ServeGrpc(args) => serve_grpc::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Validate(args) => validate::run(args),
+        Command::Status(args) => remote::status(args),
+        Command::Providers(args) => remote::providers(args),
     }
 }
