@@ -44,7 +44,11 @@ pub fn registry_from_config(config: &Config) -> Result<Registry, Error> {
                 Arc::new(AnthropicProvider::from_config(c).map_err(Error::from)?)
             }
         };
-        registry.register_with_aliases(provider, c.model_aliases.clone())?;
+        registry.register_with_breaker(
+            provider,
+            c.model_aliases.clone(),
+            c.circuit_breaker.clone(),
+        )?;
     }
     Ok(registry)
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::breaker::BreakerConfig;
+
 /// Where `${VAR}` values come from.
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
@@ -152,6 +154,8 @@ pub struct ProviderConfig {
     pub api_version: Option<String>,
     /// Echo only: wait this long before answering.
     pub delay: Duration,
+    /// This provider's circuit breaker: the global settings with its overrides.
+    pub circuit_breaker: BreakerConfig,
 }
 
 /// How requests are spread over providers.
@@ -255,6 +259,7 @@ struct RawConfig {
     routing: Option<RawRouting>,
     #[serde(default)]
     pricing: BTreeMap<String, BTreeMap<String, Price>>,
+    circuit_breaker: Option<RawBreaker>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +276,19 @@ struct RawProvider {
     model_aliases: BTreeMap<String, String>,
     api_version: Option<String>,
     delay: Option<String>,
+    circuit_breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+struct RawBreaker {
+    consecutive_failures: Option<i64>,
+    error_rate_threshold: Option<f64>,
+    window_seconds: Option<i64>,
+    min_requests: Option<i64>,
+    recovery_window: Option<String>,
+    recovery_backoff_multiplier: Option<f64>,
+    recovery_backoff_max: Option<String>,
+    treat_rate_limit_as_error: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -560,7 +578,78 @@ fn check_url(url: &str) -> Result<String, String> {
 
 // ---- stage 2: validation --------------------------------------------------
 
+/// `base` with the fields `raw` sets, each checked; errors are named under `at`.
+fn breaker_config(
+    base: &BreakerConfig,
+    raw: &RawBreaker,
+    at: &str,
+    errors: &mut Vec<String>,
+) -> BreakerConfig {
+    let mut c = base.clone();
+    let mut count = |field: &str, v: Option<i64>, min: i64, into: &mut u32| {
+        if let Some(n) = v {
+            match u32::try_from(n) {
+                Ok(n) if i64::from(n) >= min => *into = n,
+                _ => errors.push(format!("{at}.{field}: {n} must be a whole number ≥ {min}")),
+            }
+        }
+    };
+    count(
+        "consecutive_failures",
+        raw.consecutive_failures,
+        1,
+        &mut c.consecutive_failures,
+    );
+    count("min_requests", raw.min_requests, 1, &mut c.min_requests);
+    let mut window = u32::try_from(c.window.as_secs()).unwrap_or(u32::MAX);
+    count("window_seconds", raw.window_seconds, 1, &mut window);
+    c.window = Duration::from_secs(u64::from(window));
+    if let Some(t) = raw.error_rate_threshold {
+        if t > 0.0 && t <= 1.0 {
+            c.error_rate_threshold = t;
+        } else {
+            errors.push(format!("{at}.error_rate_threshold: {t} is not in (0, 1]"));
+        }
+    }
+    if let Some(m) = raw.recovery_backoff_multiplier {
+        if (1.0..=100.0).contains(&m) {
+            c.recovery_backoff_multiplier = m;
+        } else {
+            errors.push(format!(
+                "{at}.recovery_backoff_multiplier: {m} is not in [1, 100]"
+            ));
+        }
+    }
+    let mut duration = |field: &str, v: &Option<String>, into: &mut Duration| {
+        if let Some(s) = v {
+            match parse_duration(s) {
+                Ok(d) if !d.is_zero() => *into = d,
+                Ok(_) => errors.push(format!("{at}.{field}: must be more than 0")),
+                Err(e) => errors.push(format!("{at}.{field}: {e}")),
+            }
+        }
+    };
+    duration(
+        "recovery_window",
+        &raw.recovery_window,
+        &mut c.recovery_window,
+    );
+    duration(
+        "recovery_backoff_max",
+        &raw.recovery_backoff_max,
+        &mut c.recovery_backoff_max,
+    );
+    if let Some(b) = raw.treat_rate_limit_as_error {
+        c.treat_rate_limit_as_error = b;
+    }
+    c
+}
+
 fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> Config {
+    let global_breaker = match &raw.circuit_breaker {
+        Some(b) => breaker_config(&BreakerConfig::default(), b, "circuit_breaker", errors),
+        None => BreakerConfig::default(),
+    };
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, p) in raw.providers.into_iter().enumerate() {
@@ -684,6 +773,10 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
             (Some(ProviderKind::AzureOpenAi), None) => Some(DEFAULT_AZURE_API_VERSION.to_owned()),
             (_, v) => v,
         };
+        let circuit_breaker = match &p.circuit_breaker {
+            Some(b) => breaker_config(&global_breaker, b, &at("circuit_breaker"), errors),
+            None => global_breaker.clone(),
+        };
         if let Some(kind) = kind {
             providers.push(ProviderConfig {
                 name,
@@ -695,6 +788,7 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
                 model_aliases: p.model_aliases.into_iter().collect(),
                 api_version,
                 delay,
+                circuit_breaker,
             });
         }
     }
@@ -931,6 +1025,35 @@ pricing:
             );
         }
         assert_eq!(errors.len(), want.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn breaker_settings_have_global_defaults_and_provider_overrides() {
+        let text = "circuit_breaker:\n  consecutive_failures: 3\n  recovery_window: 10s\nproviders:\n  - name: a\n    type: echo\n  - name: b\n    type: echo\n    circuit_breaker: {consecutive_failures: 7, treat_rate_limit_as_error: true}\n";
+        let c = Config::parse(text, &env(&[]), true).unwrap();
+        assert_eq!(c.providers[0].circuit_breaker.consecutive_failures, 3);
+        assert_eq!(
+            c.providers[0].circuit_breaker.recovery_window,
+            Duration::from_secs(10)
+        );
+        assert_eq!(c.providers[1].circuit_breaker.consecutive_failures, 7);
+        assert_eq!(
+            c.providers[1].circuit_breaker.recovery_window,
+            Duration::from_secs(10),
+            "inherited"
+        );
+        assert!(c.providers[1].circuit_breaker.treat_rate_limit_as_error);
+        let bad = "circuit_breaker:\n  error_rate_threshold: 1.5\n  consecutive_failures: -1\nproviders:\n  - name: a\n    type: echo\n    circuit_breaker: {recovery_window: 0s, min_requests: 0}\n";
+        let errors = invalid(bad, &env(&[]), false);
+        assert_eq!(
+            errors,
+            [
+                "circuit_breaker.consecutive_failures: -1 must be a whole number ≥ 1",
+                "circuit_breaker.error_rate_threshold: 1.5 is not in (0, 1]",
+                "providers[0].circuit_breaker.min_requests: 0 must be a whole number ≥ 1",
+                "providers[0].circuit_breaker.recovery_window: must be more than 0",
+            ]
+        );
     }
 
     #[test]
