@@ -61,6 +61,7 @@ pub fn app_with_token(router: Router, management_token: Option<String>) -> axum:
         .route("/_infermux/health", get(routes::health))
         .route("/_infermux/status", get(management::status))
         .route("/_infermux/providers", get(management::providers))
+        .route("/_infermux/metrics", get(management::metrics))
         .route(
             "/_infermux/providers/{name}/circuit/{action}",
             post(management::circuit),

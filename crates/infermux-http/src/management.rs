@@ -144,6 +144,18 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
+/// `GET /_infermux/metrics`: Prometheus (OpenMetrics) text.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.router.render_metrics(),
+    )
+        .into_response()
+}
+
 /// `POST /_infermux/providers/{name}/circuit/{open|close|reset}`.
 pub async fn circuit(
     State(state): State<Arc<AppState>>,

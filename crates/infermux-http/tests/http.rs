@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
+use futures_util::StreamExt;
 use infermux::envelope::{self, Envelope, MessageType};
 use infermux::testing::{FakeProvider, Step};
 use infermux::{
@@ -757,4 +758,92 @@ async fn the_management_token_guards_everything_but_health() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_concurrent_load_with_faults_every_request_is_answered_and_counted() {
+    const REQUESTS: usize = 2_000;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let registry = Registry::new();
+    for name in ["p1", "p2", "p3"] {
+        let steps: Vec<Step> = (0..REQUESTS)
+            .map(|_| match rng.u8(0..10) {
+                0 => Step::Fail(ProviderError::Unavailable("503".into())),
+                1 => Step::Fail(ProviderError::RateLimited("429".into())),
+                2 => Step::Fail(ProviderError::Rejected {
+                    status: 400,
+                    message: "bad".into(),
+                }),
+                3 => Step::Sleep(
+                    Duration::from_millis(2),
+                    Box::new(Step::Reply(String::new())),
+                ),
+                _ => Step::Reply(String::new()),
+            })
+            .collect();
+        registry
+            .register(Arc::new(FakeProvider::new(name, &["m"]).script(steps)))
+            .unwrap();
+    }
+    let s = Server::start(Router::without_spans(Arc::new(registry))).await;
+    let url = s.url("/infer");
+    let client = s.client.clone();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..REQUESTS)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let resp = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.post(url).json(&hello("m")).send(),
+                )
+                .await
+                .expect("no request hangs")
+                .unwrap();
+                let status = resp.status().as_u16();
+                let body: Value = resp.json().await.unwrap();
+                if status != 200 {
+                    assert!(body["error"]["code"].is_string(), "{body}");
+                }
+                status
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(statuses.len(), REQUESTS);
+    assert!(
+        statuses
+            .iter()
+            .all(|s| [200, 400, 429, 502, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().filter(|s| **s == 200).count() > REQUESTS / 2);
+
+    let metrics = s
+        .client
+        .get(s.url("/_infermux/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("infermux_requests_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(
+        counted, REQUESTS as u64,
+        "metrics count every request exactly once"
+    );
+    let ok: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("infermux_requests_total{") && l.contains(r#"status="ok""#))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(ok, statuses.iter().filter(|s| **s == 200).count() as u64);
+    assert!(metrics.contains("infermux_circuit_state{provider=\"p1\"}"));
+    assert!(metrics.contains("infermux_fallbacks_total"));
 }

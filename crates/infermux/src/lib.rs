@@ -22,6 +22,7 @@ pub mod echo;
 pub mod envelope;
 pub mod error;
 pub mod json;
+pub mod metrics;
 pub mod provider;
 pub mod registry;
 pub mod router;

@@ -15,6 +15,7 @@ use crate::breaker::{Admission, CircuitState, Outcome};
 use crate::config::Price;
 use crate::cost::{Pricing, price_of};
 use crate::error::{Error, ErrorKind, ProviderError};
+use crate::metrics::{Metrics, MetricsSink};
 use crate::provider::{CallContext, ChunkStream};
 use crate::registry::{Registry, Route};
 use crate::trace::{
@@ -50,6 +51,7 @@ pub struct Routed {
 pub struct Router {
     registry: Arc<Registry>,
     spans: Arc<dyn SpanSink>,
+    metrics: Arc<Metrics>,
     pricing: Arc<Pricing>,
     /// Providers one request may try, the first included (1 = no fallback).
     max_attempts: usize,
@@ -64,11 +66,14 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    /// A router over `registry` that reports spans to `spans`.
+    /// A router over `registry` that reports spans to `spans`, and counts every
+    /// call in its [`Metrics`].
     pub fn new(registry: Arc<Registry>, spans: Arc<dyn SpanSink>) -> Self {
+        let metrics = Arc::new(Metrics::new());
         Router {
             registry,
-            spans,
+            spans: Arc::new(MetricsSink::new(metrics.clone(), spans)),
+            metrics,
             pricing: Arc::new(Pricing::default()),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
@@ -101,6 +106,11 @@ impl Router {
 
     pub fn spans(&self) -> &Arc<dyn SpanSink> {
         &self.spans
+    }
+
+    /// The Prometheus text exposition of this router's metrics.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.registry, self.spans.dropped())
     }
 
     /// Routes `req` with no trace context and no deadline.

@@ -1,0 +1,267 @@
+//! Prometheus metrics, derived from the spans: every routed call reports
+//! exactly one span, so counting spans counts calls — exactly, failures and
+//! cancellations included. [`MetricsSink`] sits in front of the real span sink.
+//!
+//! Labels come from bounded sets: provider names from the config, model names
+//! the providers received, and the error table's codes; a request for an
+//! unknown model is labelled `model="unknown"`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use std::sync::atomic::AtomicU64;
+
+use crate::breaker::CircuitState;
+use crate::registry::Registry;
+use crate::trace::{SpanSink, SpanStatus, TraceSpan};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The metrics of one router.
+pub struct Metrics {
+    registry: prometheus_client::registry::Registry,
+    requests: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram>,
+    tokens: Family<Labels, Counter>,
+    cost: Family<Labels, Counter<f64, AtomicU64>>,
+    fallbacks: Counter,
+    circuit: Family<Labels, Gauge>,
+    spans_dropped: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~65 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 17,
+    ))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        let duration = Family::<Labels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let tokens = Family::<Labels, Counter>::default();
+        let cost = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        let fallbacks = Counter::default();
+        let circuit = Family::<Labels, Gauge>::default();
+        let spans_dropped = Gauge::default();
+        registry.register(
+            "infermux_requests",
+            "Routed calls, by provider, model and status (ok or the error code)",
+            requests.clone(),
+        );
+        registry.register(
+            "infermux_request_duration_seconds",
+            "Duration of routed calls",
+            duration.clone(),
+        );
+        registry.register(
+            "infermux_tokens",
+            "Tokens, by provider, model and direction (input or output)",
+            tokens.clone(),
+        );
+        registry.register(
+            "infermux_cost_usd",
+            "Cost of routed calls in USD",
+            cost.clone(),
+        );
+        registry.register(
+            "infermux_fallbacks",
+            "Calls moved to another provider after a failed attempt",
+            fallbacks.clone(),
+        );
+        registry.register(
+            "infermux_circuit_state",
+            "Circuit state per provider: 0 closed, 1 half-open, 2 open",
+            circuit.clone(),
+        );
+        registry.register(
+            "infermux_spans_dropped",
+            "TokenTrace spans dropped or not delivered",
+            spans_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            tokens,
+            cost,
+            fallbacks,
+            circuit,
+            spans_dropped,
+        }
+    }
+
+    fn observe(&self, span: &TraceSpan) {
+        let a = &span.attrs;
+        let provider = if a.provider.is_empty() {
+            "none".to_owned()
+        } else {
+            a.provider.clone()
+        };
+        let model = if a.provider.is_empty() {
+            "unknown".to_owned()
+        } else {
+            a.model.clone()
+        };
+        let status = match span.status {
+            SpanStatus::Ok => "ok",
+            SpanStatus::Error => a.error_code.unwrap_or("error"),
+        };
+        let pm: Labels = vec![("provider", provider), ("model", model)];
+        let mut with_status = pm.clone();
+        with_status.push(("status", status.to_owned()));
+        self.requests.get_or_create(&with_status).inc();
+        let seconds = span.end_ns.saturating_sub(span.start_ns) as f64 / 1e9;
+        self.duration.get_or_create(&pm).observe(seconds);
+        if a.tokens_in > 0 {
+            let mut l = pm.clone();
+            l.push(("direction", "input".to_owned()));
+            self.tokens.get_or_create(&l).inc_by(a.tokens_in);
+        }
+        if a.tokens_out > 0 {
+            let mut l = pm.clone();
+            l.push(("direction", "output".to_owned()));
+            self.tokens.get_or_create(&l).inc_by(a.tokens_out);
+        }
+        if a.cost_usd > 0.0 {
+            self.cost.get_or_create(&pm).inc_by(a.cost_usd);
+        }
+        if a.attempts > 1 {
+            self.fallbacks.inc_by(u64::from(a.attempts - 1));
+        }
+    }
+
+    /// The Prometheus text exposition, with the circuit states of `registry`'s
+    /// providers and the spans dropped so far read now.
+    pub fn render(&self, registry: &Registry, spans_dropped: u64) -> String {
+        for e in registry.entries() {
+            let v = match e.breaker.state() {
+                CircuitState::Closed => 0,
+                CircuitState::HalfOpen => 1,
+                CircuitState::Open => 2,
+            };
+            self.circuit
+                .get_or_create(&vec![("provider", e.name.to_string())])
+                .set(v);
+        }
+        self.spans_dropped
+            .set(i64::try_from(spans_dropped).unwrap_or(i64::MAX));
+        let mut out = String::with_capacity(4096);
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// A span sink that counts each span into [`Metrics`], then passes it on.
+pub struct MetricsSink {
+    metrics: Arc<Metrics>,
+    next: Arc<dyn SpanSink>,
+}
+
+impl MetricsSink {
+    pub fn new(metrics: Arc<Metrics>, next: Arc<dyn SpanSink>) -> Self {
+        MetricsSink { metrics, next }
+    }
+}
+
+impl SpanSink for MetricsSink {
+    fn report(&self, span: TraceSpan) {
+        self.metrics.observe(&span);
+        self.next.report(span);
+    }
+
+    fn dropped(&self) -> u64 {
+        self.next.dropped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{Id128, SpanAttrs};
+
+    fn span(
+        provider: &str,
+        model: &str,
+        status: SpanStatus,
+        code: Option<&'static str>,
+        attempts: u32,
+    ) -> TraceSpan {
+        TraceSpan {
+            trace_id: Id128(1),
+            span_id: Id128(2),
+            parent_id: None,
+            operation: crate::trace::OPERATION,
+            start_ns: 0,
+            end_ns: 2_000_000,
+            status,
+            attrs: SpanAttrs {
+                provider: provider.into(),
+                model: model.into(),
+                tokens_in: 3,
+                tokens_out: 4,
+                cost_usd: 0.5,
+                attempts,
+                error_code: code,
+                ..SpanAttrs::default()
+            },
+        }
+    }
+
+    #[test]
+    fn spans_become_counters_with_bounded_labels() {
+        let m = Metrics::new();
+        m.observe(&span("openai", "gpt-4o", SpanStatus::Ok, None, 2));
+        m.observe(&span(
+            "openai",
+            "gpt-4o",
+            SpanStatus::Error,
+            Some("upstream_error"),
+            1,
+        ));
+        m.observe(&span(
+            "",
+            "whatever-the-caller-typed",
+            SpanStatus::Error,
+            Some("model_not_found"),
+            0,
+        ));
+        let text = m.render(&Registry::new(), 7);
+        for line in [
+            r#"infermux_requests_total{provider="openai",model="gpt-4o",status="ok"} 1"#,
+            r#"infermux_requests_total{provider="openai",model="gpt-4o",status="upstream_error"} 1"#,
+            r#"infermux_requests_total{provider="none",model="unknown",status="model_not_found"} 1"#,
+            r#"infermux_tokens_total{provider="openai",model="gpt-4o",direction="input"} 6"#,
+            r#"infermux_tokens_total{provider="openai",model="gpt-4o",direction="output"} 8"#,
+            r#"infermux_cost_usd_total{provider="openai",model="gpt-4o"} 1.0"#,
+            "infermux_fallbacks_total 1",
+            "infermux_spans_dropped 7",
+            r#"infermux_request_duration_seconds_count{provider="openai",model="gpt-4o"} 2"#,
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        assert!(!text.contains("whatever-the-caller-typed"));
+    }
+}
