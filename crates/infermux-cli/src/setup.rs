@@ -34,12 +34,6 @@ pub fn load_config(flag: Option<&Path>) -> Result<Option<Config>, String> {
     for warning in &config.warnings {
         tracing::warn!(file = %path.display(), "{warning} (ignored; `infermux validate --strict` rejects it)");
     }
-    if config.routing.strategy != infermux::config::Strategy::Priority {
-        tracing::warn!(
-            strategy = config.routing.strategy.as_str(),
-            "this build routes by priority only; the other strategies arrive with the routing work"
-        );
-    }
     Ok(Some(config))
 }
 
@@ -70,7 +64,9 @@ pub fn router(
     match config {
         Some(c) => router
             .with_pricing(infermux::cost::Pricing::new(&c.pricing))
-            .with_fallback(c.routing.attempts()),
+            .with_fallback(c.routing.attempts())
+            .with_strategy(c.routing.strategy)
+            .with_latency_tuning(c.routing.ewma_decay, c.routing.min_samples),
         None => router,
     }
 }

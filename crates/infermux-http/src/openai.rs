@@ -258,6 +258,7 @@ pub async fn chat_completions(
     let bytes = serde_json::to_vec(&body)
         .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
     let mut headers = routed_headers(&routed);
+    crate::routes::strategy_header(&mut headers, state.router.strategy());
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -400,6 +401,7 @@ async fn stream_completion(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     crate::routes::route_headers(&mut headers, &routed.provider, &routed.upstream_model);
+    crate::routes::strategy_header(&mut headers, state.router.strategy());
     let state = StreamState {
         id: completion_id(),
         created: unix_now(),

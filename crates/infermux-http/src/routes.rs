@@ -26,7 +26,7 @@ pub async fn infer(
     let routed = state.router.call(&req, &ctx(trace)).await?;
     let body = serde_json::to_vec(&routed.response)
         .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
-    Ok(json_response(body, &routed))
+    Ok(json_response(body, &routed, &state))
 }
 
 /// `POST /mist`: an `infer.request` envelope in, an `infer.response` envelope out,
@@ -46,7 +46,7 @@ pub async fn mist(
     });
     let routed = state.router.call(&req, &ctx(trace)).await?;
     let body = envelope::encode("infermux", MessageType::InferResponse, &routed.response)?;
-    Ok(json_response(body, &routed))
+    Ok(json_response(body, &routed, &state))
 }
 
 fn ctx(trace: Option<TraceContext>) -> RequestContext {
@@ -63,15 +63,25 @@ static LATENCY: HeaderName = HeaderName::from_static("x-infermux-latency-ms");
 static PROMPT_TOKENS: HeaderName = HeaderName::from_static("x-infermux-prompt-tokens");
 static COMPLETION_TOKENS: HeaderName = HeaderName::from_static("x-infermux-completion-tokens");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static STRATEGY: HeaderName = HeaderName::from_static("x-infermux-strategy");
 
 /// A 200 JSON response with the `X-Infermux-*` headers of a routed call.
-fn json_response(body: Vec<u8>, routed: &Routed) -> Response {
+fn json_response(body: Vec<u8>, routed: &Routed, state: &AppState) -> Response {
     let mut h = routed_headers(routed);
+    strategy_header(&mut h, state.router.strategy());
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     (StatusCode::OK, h, body).into_response()
+}
+
+/// The `X-Infermux-Strategy` header: how the provider was chosen.
+pub(crate) fn strategy_header(h: &mut HeaderMap, strategy: infermux::config::Strategy) {
+    h.insert(
+        STRATEGY.clone(),
+        HeaderValue::from_static(strategy.as_str()),
+    );
 }
 
 /// The `X-Infermux-Provider` and `X-Infermux-Model` headers.

@@ -123,6 +123,7 @@ async fn infer_answers_with_echo_and_headers() {
     assert!(body["latency_ms"].is_u64());
     assert_eq!(headers["x-infermux-provider"], "echo");
     assert_eq!(headers["x-infermux-model"], "echo-v1");
+    assert_eq!(headers["x-infermux-strategy"], "priority");
     assert_eq!(headers["x-infermux-cost"], "0.00003");
     assert_eq!(headers["x-infermux-prompt-tokens"], "1");
     assert_eq!(headers["x-infermux-completion-tokens"], "2");

@@ -169,6 +169,10 @@ struct Inner {
     /// Recent (end time, latency in ms), a ring.
     latencies: Vec<(Instant, u64)>,
     next_latency: usize,
+    /// Exponentially weighted moving average of successful latencies, in ms,
+    /// and how many successes fed it (for `least_latency` routing).
+    ewma_ms: f64,
+    ewma_samples: u32,
 }
 
 /// One provider's circuit breaker.
@@ -212,6 +216,8 @@ impl Breaker {
                 minute: [Bucket::default(); 60],
                 latencies: Vec::with_capacity(LATENCIES),
                 next_latency: 0,
+                ewma_ms: 0.0,
+                ewma_samples: 0,
             }),
         }
     }
@@ -270,6 +276,25 @@ impl Breaker {
             inner.latencies[i] = (now, ms);
         }
         inner.next_latency = (inner.next_latency + 1) % LATENCIES;
+    }
+
+    /// Feeds a successful call's latency into the moving average: `decay` is
+    /// the weight of the newest sample (0 < decay ≤ 1).
+    pub fn observe_success(&self, latency: Duration, decay: f64) {
+        let ms = latency.as_secs_f64() * 1000.0;
+        let mut inner = self.lock();
+        inner.ewma_ms = if inner.ewma_samples == 0 {
+            ms
+        } else {
+            decay * ms + (1.0 - decay) * inner.ewma_ms
+        };
+        inner.ewma_samples = inner.ewma_samples.saturating_add(1);
+    }
+
+    /// The moving average of successful latencies (ms) and its sample count.
+    pub fn latency_ewma(&self) -> (f64, u32) {
+        let inner = self.lock();
+        (inner.ewma_ms, inner.ewma_samples)
     }
 
     /// Records how an admitted request ended. Returns the new state when it
@@ -596,6 +621,17 @@ mod tests {
         b.record(&a, Outcome::RateLimited);
         let a = b.admit();
         assert_eq!(b.record(&a, Outcome::RateLimited), Some(CircuitState::Open));
+    }
+
+    #[test]
+    fn latency_ewma_weighs_new_samples_by_decay() {
+        let (b, _) = breaker(BreakerConfig::default());
+        assert_eq!(b.latency_ewma(), (0.0, 0));
+        b.observe_success(Duration::from_millis(100), 0.5);
+        b.observe_success(Duration::from_millis(200), 0.5);
+        let (ewma, n) = b.latency_ewma();
+        assert_eq!(n, 2);
+        assert!((ewma - 150.0).abs() < 1e-9, "{ewma}");
     }
 
     #[test]

@@ -206,6 +206,10 @@ pub struct RoutingConfig {
     pub fallback: bool,
     /// Providers one request may try, the first included.
     pub max_attempts: usize,
+    /// `least_latency`: the newest sample's weight in the moving average.
+    pub ewma_decay: f64,
+    /// `least_latency`: successes before a provider's average counts.
+    pub min_samples: u32,
 }
 
 impl Default for RoutingConfig {
@@ -214,6 +218,8 @@ impl Default for RoutingConfig {
             strategy: Strategy::Priority,
             fallback: true,
             max_attempts: crate::router::DEFAULT_MAX_ATTEMPTS,
+            ewma_decay: 0.3,
+            min_samples: 5,
         }
     }
 }
@@ -296,6 +302,8 @@ struct RawRouting {
     strategy: Option<String>,
     fallback: Option<bool>,
     max_attempts: Option<i64>,
+    ewma_decay: Option<f64>,
+    min_samples: Option<i64>,
 }
 
 /// The timeout of a provider call when the config gives none.
@@ -814,6 +822,18 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
                 "routing.max_attempts: {n} is not between 1 and 100"
             )),
         }
+        match r.ewma_decay {
+            None => {}
+            Some(d) if d > 0.0 && d <= 1.0 => routing.ewma_decay = d,
+            Some(d) => errors.push(format!("routing.ewma_decay: {d} is not in (0, 1]")),
+        }
+        match r.min_samples {
+            None => {}
+            Some(n) if (0..=1_000_000).contains(&n) => routing.min_samples = n as u32,
+            Some(n) => errors.push(format!(
+                "routing.min_samples: {n} must be a whole number from 0 to 1000000"
+            )),
+        }
     }
 
     for (provider, models) in &raw.pricing {
@@ -932,7 +952,9 @@ pricing:                         # USD per million tokens; overrides the built-i
             RoutingConfig {
                 strategy: Strategy::Priority,
                 fallback: true,
-                max_attempts: 3
+                max_attempts: 3,
+                ewma_decay: 0.3,
+                min_samples: 5
             }
         );
         assert_eq!(c.pricing["openai"]["gpt-4o"].output_per_million, 10.0);

@@ -12,7 +12,7 @@ use futures_core::Stream;
 use futures_util::FutureExt;
 
 use crate::breaker::{Admission, CircuitState, Outcome};
-use crate::config::Price;
+use crate::config::{Price, Strategy};
 use crate::cost::{Pricing, price_of};
 use crate::error::{Error, ErrorKind, ProviderError};
 use crate::metrics::{Metrics, MetricsSink};
@@ -55,6 +55,13 @@ pub struct Router {
     pricing: Arc<Pricing>,
     /// Providers one request may try, the first included (1 = no fallback).
     max_attempts: usize,
+    strategy: Strategy,
+    /// `least_latency`: weight of the newest latency, and successes a
+    /// provider needs before its average counts.
+    ewma_decay: f64,
+    min_samples: u32,
+    /// `round_robin`: where the next request starts.
+    next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Router {
@@ -76,7 +83,31 @@ impl Router {
             metrics,
             pricing: Arc::new(Pricing::default()),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            strategy: Strategy::Priority,
+            ewma_decay: 0.3,
+            min_samples: 5,
+            next: Arc::default(),
         }
+    }
+
+    /// The same router ordering each request's candidate providers by
+    /// `strategy` (priority: declaration order).
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// `least_latency` tuning: the newest sample's weight in the moving average
+    /// (0 < decay ≤ 1) and the successes a provider needs before its average
+    /// counts (until then it is tried first, so new providers get measured).
+    pub fn with_latency_tuning(mut self, ewma_decay: f64, min_samples: u32) -> Self {
+        self.ewma_decay = ewma_decay.clamp(f64::MIN_POSITIVE, 1.0);
+        self.min_samples = min_samples;
+        self
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
     }
 
     /// The same router trying at most `max_attempts` providers per request: on a
@@ -158,6 +189,7 @@ impl Router {
                     done.map_err(|_| panicked(&route))
                         .and_then(|r| r.map_err(Error::from)),
                     attempt_started,
+                    self.ewma_decay,
                 ),
             };
             let mut response = match outcome {
@@ -270,6 +302,7 @@ impl Router {
                     Ok(done) => permit.record(
                         done.map_err(|_| panicked(&route)).and_then(|r| r.map_err(Error::from)),
                         attempt_started,
+                        self.ewma_decay,
                     ),
                 };
                 match outcome {
@@ -329,13 +362,66 @@ impl Router {
     /// Validates `req` and lists the providers it may go to, best first.
     fn prepare(&self, req: &InferRequest, span: &mut PendingSpan) -> Result<Vec<Route>, Error> {
         validate_request(req)?;
-        let routes = self
-            .registry
-            .candidates(&req.model, &req.provider, self.max_attempts)?;
+        let mut routes = if self.strategy == Strategy::Priority {
+            self.registry
+                .candidates(&req.model, &req.provider, self.max_attempts)?
+        } else {
+            let mut all = self
+                .registry
+                .candidates(&req.model, &req.provider, usize::MAX)?;
+            self.order(&mut all, req);
+            all
+        };
+        routes.truncate(self.max_attempts);
         if let Some(first) = routes.first() {
             span.note_attempt(first, 1);
         }
         Ok(routes)
+    }
+
+    /// Puts the candidates in the order the strategy prefers.
+    fn order(&self, routes: &mut [Route], req: &InferRequest) {
+        if routes.len() < 2 {
+            return;
+        }
+        match self.strategy {
+            Strategy::Priority => {}
+            Strategy::RoundRobin => {
+                let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                routes.rotate_left(start % routes.len());
+            }
+            Strategy::Random => fastrand::shuffle(routes),
+            Strategy::LeastLatency => {
+                // Providers still warming up first (in declaration order), then
+                // the fastest average.
+                let key = |r: &Route| {
+                    let (ewma, n) = r.breaker.latency_ewma();
+                    if n < self.min_samples {
+                        (0, 0.0)
+                    } else {
+                        (1, ewma)
+                    }
+                };
+                routes.sort_by(|a, b| {
+                    let (ka, kb) = (key(a), key(b));
+                    ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
+                });
+            }
+            Strategy::CostWeighted => {
+                // The prompt's estimated input cost; an unknown price is 0.
+                let tokens: u64 = req
+                    .messages
+                    .iter()
+                    .map(|m| (m.content.len() / 4) as u64)
+                    .sum::<u64>()
+                    .max(1);
+                let cost = |r: &Route| {
+                    self.pricing
+                        .cost(&r.provider_name, &r.upstream_model, tokens, 0)
+                };
+                routes.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
+            }
+        }
     }
 }
 
@@ -391,8 +477,17 @@ impl<'a> Permit<'a> {
     }
 
     /// Records how the call went and passes its result on.
-    fn record<T>(mut self, result: Result<T, Error>, started: Instant) -> Result<T, Error> {
-        self.route.breaker.observe(started.elapsed());
+    fn record<T>(
+        mut self,
+        result: Result<T, Error>,
+        started: Instant,
+        ewma_decay: f64,
+    ) -> Result<T, Error> {
+        let latency = started.elapsed();
+        self.route.breaker.observe(latency);
+        if result.is_ok() {
+            self.route.breaker.observe_success(latency, ewma_decay);
+        }
         let outcome = match &result {
             Ok(_) => Outcome::Success,
             Err(e) if e.kind() == ErrorKind::RateLimited => Outcome::RateLimited,
@@ -681,6 +776,7 @@ impl Stream for RoutedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Strategy;
     use crate::echo::EchoProvider;
     use crate::testing::{FakeProvider, RecordingSink, Step};
     use futures_util::StreamExt;
@@ -1002,6 +1098,99 @@ mod tests {
             .map(|e| e.breaker.state())
             .collect();
         assert_eq!(states, [CircuitState::Open, CircuitState::Closed]);
+    }
+
+    fn three(strategy: Strategy) -> (Router, Vec<Arc<crate::testing::Calls>>) {
+        let registry = Registry::new();
+        let mut calls = Vec::new();
+        for name in ["a", "b", "c"] {
+            let f = FakeProvider::new(name, &["m"]);
+            calls.push(f.calls());
+            registry.register(Arc::new(f)).unwrap();
+        }
+        (
+            Router::without_spans(Arc::new(registry)).with_strategy(strategy),
+            calls,
+        )
+    }
+
+    #[tokio::test]
+    async fn round_robin_spreads_requests_evenly() {
+        let (router, calls) = three(Strategy::RoundRobin);
+        for _ in 0..6 {
+            router.infer(&InferRequest::prompt("m", "x")).await.unwrap();
+        }
+        let counts: Vec<usize> = calls.iter().map(|c| c.started()).collect();
+        assert_eq!(counts, [2, 2, 2]);
+    }
+
+    #[tokio::test]
+    async fn random_reaches_every_provider() {
+        let (router, calls) = three(Strategy::Random);
+        for _ in 0..300 {
+            router.infer(&InferRequest::prompt("m", "x")).await.unwrap();
+        }
+        assert!(
+            calls.iter().all(|c| c.started() > 50),
+            "{:?}",
+            calls.iter().map(|c| c.started()).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn least_latency_measures_new_providers_then_prefers_the_fastest() {
+        let registry = Registry::new();
+        let slow = FakeProvider::new("slow", &["m"]).then(Step::Sleep(
+            Duration::from_millis(20),
+            Box::new(Step::Reply(String::new())),
+        ));
+        let fast = FakeProvider::new("fast", &["m"]);
+        let (s, f) = (slow.calls(), fast.calls());
+        registry.register(Arc::new(slow)).unwrap();
+        registry.register(Arc::new(fast)).unwrap();
+        let router = Router::without_spans(Arc::new(registry))
+            .with_strategy(Strategy::LeastLatency)
+            .with_latency_tuning(0.5, 1);
+        for _ in 0..6 {
+            router.infer(&InferRequest::prompt("m", "x")).await.unwrap();
+        }
+        assert_eq!(
+            (s.started(), f.started()),
+            (1, 5),
+            "one warm-up call each, then the fastest"
+        );
+    }
+
+    #[tokio::test]
+    async fn cost_weighted_prefers_the_cheapest_price() {
+        let registry = Registry::new();
+        let pricey = FakeProvider::new("pricey", &["gpt-4o"]);
+        let cheap = FakeProvider::new("cheap", &["gpt-4o-mini"]);
+        registry
+            .register_with_aliases(Arc::new(pricey), vec![("smart".into(), "gpt-4o".into())])
+            .unwrap();
+        registry
+            .register_with_aliases(
+                Arc::new(cheap),
+                vec![("smart".into(), "gpt-4o-mini".into())],
+            )
+            .unwrap();
+        let router =
+            Router::without_spans(Arc::new(registry)).with_strategy(Strategy::CostWeighted);
+        let resp = router
+            .infer(&InferRequest::prompt("smart", "a prompt of some length"))
+            .await
+            .unwrap();
+        assert_eq!(resp.provider, "cheap");
+        let router = router.with_strategy(Strategy::Priority);
+        assert_eq!(
+            router
+                .infer(&InferRequest::prompt("smart", "x"))
+                .await
+                .unwrap()
+                .provider,
+            "pricey"
+        );
     }
 
     #[tokio::test]
