@@ -66,6 +66,7 @@ pub fn router(
             .with_pricing(infermux::cost::Pricing::new(&c.pricing))
             .with_fallback(c.routing.attempts())
             .with_strategy(c.routing.strategy)
+            .with_groups(c.routing.groups.clone())
             .with_latency_tuning(c.routing.ewma_decay, c.routing.min_samples),
         None => router,
     }

@@ -258,7 +258,6 @@ pub async fn chat_completions(
     let bytes = serde_json::to_vec(&body)
         .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
     let mut headers = routed_headers(&routed);
-    crate::routes::strategy_header(&mut headers, state.router.strategy());
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -401,7 +400,7 @@ async fn stream_completion(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     crate::routes::route_headers(&mut headers, &routed.provider, &routed.upstream_model);
-    crate::routes::strategy_header(&mut headers, state.router.strategy());
+    crate::routes::strategy_headers(&mut headers, routed.strategy, routed.route_group.as_deref());
     let state = StreamState {
         id: completion_id(),
         created: unix_now(),

@@ -26,7 +26,7 @@ pub async fn infer(
     let routed = state.router.call(&req, &ctx(trace)).await?;
     let body = serde_json::to_vec(&routed.response)
         .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
-    Ok(json_response(body, &routed, &state))
+    Ok(json_response(body, &routed))
 }
 
 /// `POST /mist`: an `infer.request` envelope in, an `infer.response` envelope out,
@@ -46,7 +46,7 @@ pub async fn mist(
     });
     let routed = state.router.call(&req, &ctx(trace)).await?;
     let body = envelope::encode("infermux", MessageType::InferResponse, &routed.response)?;
-    Ok(json_response(body, &routed, &state))
+    Ok(json_response(body, &routed))
 }
 
 fn ctx(trace: Option<TraceContext>) -> RequestContext {
@@ -64,11 +64,11 @@ static PROMPT_TOKENS: HeaderName = HeaderName::from_static("x-infermux-prompt-to
 static COMPLETION_TOKENS: HeaderName = HeaderName::from_static("x-infermux-completion-tokens");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static STRATEGY: HeaderName = HeaderName::from_static("x-infermux-strategy");
+static ROUTE_GROUP: HeaderName = HeaderName::from_static("x-infermux-route-group");
 
 /// A 200 JSON response with the `X-Infermux-*` headers of a routed call.
-fn json_response(body: Vec<u8>, routed: &Routed, state: &AppState) -> Response {
+fn json_response(body: Vec<u8>, routed: &Routed) -> Response {
     let mut h = routed_headers(routed);
-    strategy_header(&mut h, state.router.strategy());
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -76,12 +76,20 @@ fn json_response(body: Vec<u8>, routed: &Routed, state: &AppState) -> Response {
     (StatusCode::OK, h, body).into_response()
 }
 
-/// The `X-Infermux-Strategy` header: how the provider was chosen.
-pub(crate) fn strategy_header(h: &mut HeaderMap, strategy: infermux::config::Strategy) {
+/// `X-Infermux-Strategy` (how the provider was chosen) and, for a model in a
+/// route group, `X-Infermux-Route-Group`.
+pub(crate) fn strategy_headers(
+    h: &mut HeaderMap,
+    strategy: infermux::config::Strategy,
+    group: Option<&str>,
+) {
     h.insert(
         STRATEGY.clone(),
         HeaderValue::from_static(strategy.as_str()),
     );
+    if let Some(v) = group.and_then(|g| HeaderValue::from_str(g).ok()) {
+        h.insert(ROUTE_GROUP.clone(), v);
+    }
 }
 
 /// The `X-Infermux-Provider` and `X-Infermux-Model` headers.
@@ -97,8 +105,9 @@ pub(crate) fn route_headers(h: &mut HeaderMap, provider: &str, upstream_model: &
 /// Every `X-Infermux-*` header of a completed call, and its `traceparent`.
 pub(crate) fn routed_headers(routed: &Routed) -> HeaderMap {
     let r = &routed.response;
-    let mut h = HeaderMap::with_capacity(9);
+    let mut h = HeaderMap::with_capacity(11);
     route_headers(&mut h, &r.provider, &routed.upstream_model);
+    strategy_headers(&mut h, routed.strategy, routed.route_group.as_deref());
     if let Ok(v) = HeaderValue::from_str(&r.cost_usd.to_string()) {
         h.insert(COST.clone(), v);
     }

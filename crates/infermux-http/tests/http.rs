@@ -848,3 +848,29 @@ async fn under_concurrent_load_with_faults_every_request_is_answered_and_counted
     assert!(metrics.contains("infermux_circuit_state{provider=\"p1\"}"));
     assert!(metrics.contains("infermux_fallbacks_total"));
 }
+
+#[tokio::test]
+async fn route_group_and_strategy_headers() {
+    let r = Registry::new();
+    r.register(Arc::new(EchoProvider::new())).unwrap();
+    r.register(Arc::new(EchoProvider::new().named("echo2")))
+        .unwrap();
+    let router =
+        Router::without_spans(Arc::new(r)).with_groups(vec![infermux::router::RouteGroup {
+            name: "echoes".into(),
+            models: vec!["echo-v1".into()],
+            strategy: Some(infermux::config::Strategy::RoundRobin),
+            providers: vec![],
+        }]);
+    let s = Server::start(router).await;
+    let mut providers = Vec::new();
+    for _ in 0..2 {
+        let (status, headers, _) = s.post_json("/v1/chat/completions", &hello("echo-v1")).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-infermux-strategy"], "round_robin");
+        assert_eq!(headers["x-infermux-route-group"], "echoes");
+        providers.push(headers["x-infermux-provider"].to_str().unwrap().to_owned());
+    }
+    providers.sort();
+    assert_eq!(providers, ["echo", "echo2"]);
+}

@@ -210,6 +210,8 @@ pub struct RoutingConfig {
     pub ewma_decay: f64,
     /// `least_latency`: successes before a provider's average counts.
     pub min_samples: u32,
+    /// Models routed their own way.
+    pub groups: Vec<crate::router::RouteGroup>,
 }
 
 impl Default for RoutingConfig {
@@ -220,6 +222,7 @@ impl Default for RoutingConfig {
             max_attempts: crate::router::DEFAULT_MAX_ATTEMPTS,
             ewma_decay: 0.3,
             min_samples: 5,
+            groups: Vec::new(),
         }
     }
 }
@@ -304,6 +307,18 @@ struct RawRouting {
     max_attempts: Option<i64>,
     ewma_decay: Option<f64>,
     min_samples: Option<i64>,
+    #[serde(default)]
+    groups: Vec<RawGroup>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawGroup {
+    name: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    strategy: Option<String>,
+    #[serde(default)]
+    providers: Vec<String>,
 }
 
 /// The timeout of a provider call when the config gives none.
@@ -834,6 +849,46 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
                 "routing.min_samples: {n} must be a whole number from 0 to 1000000"
             )),
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, g) in r.groups.into_iter().enumerate() {
+            let at = format!("routing.groups[{i}]");
+            let name = match g.name.as_deref().map(str::trim) {
+                Some(n) if !n.is_empty() => n.to_owned(),
+                _ => {
+                    errors.push(format!("{at}.name: missing"));
+                    String::new()
+                }
+            };
+            if !name.is_empty() && !names.insert(name.clone()) {
+                errors.push(format!("{at}.name: duplicate group name \"{name}\""));
+            }
+            if g.models.is_empty() || g.models.iter().any(|m| m.trim().is_empty()) {
+                errors.push(format!(
+                    "{at}.models: a group needs at least one (non-empty) model name"
+                ));
+            }
+            let strategy = g.strategy.as_deref().and_then(|st| {
+                let parsed = Strategy::parse(st);
+                if parsed.is_none() {
+                    errors.push(format!(
+                        "{at}.strategy: unknown strategy \"{st}\" (expected one of {})",
+                        Strategy::NAMES.join(", ")
+                    ));
+                }
+                parsed
+            });
+            for (j, p) in g.providers.iter().enumerate() {
+                if !seen.contains_key(p) {
+                    errors.push(format!("{at}.providers[{j}]: no provider is named \"{p}\""));
+                }
+            }
+            routing.groups.push(crate::router::RouteGroup {
+                name: name.into(),
+                models: g.models,
+                strategy,
+                providers: g.providers,
+            });
+        }
     }
 
     for (provider, models) in &raw.pricing {
@@ -954,7 +1009,8 @@ pricing:                         # USD per million tokens; overrides the built-i
                 fallback: true,
                 max_attempts: 3,
                 ewma_decay: 0.3,
-                min_samples: 5
+                min_samples: 5,
+                groups: Vec::new()
             }
         );
         assert_eq!(c.pricing["openai"]["gpt-4o"].output_per_million, 10.0);
@@ -1074,6 +1130,26 @@ pricing:
                 "circuit_breaker.error_rate_threshold: 1.5 is not in (0, 1]",
                 "providers[0].circuit_breaker.min_requests: 0 must be a whole number ≥ 1",
                 "providers[0].circuit_breaker.recovery_window: must be more than 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn route_groups_are_checked() {
+        let text = "providers:\n  - name: a\n    type: echo\n  - name: b\n    type: echo\nrouting:\n  groups:\n    - name: fast\n      models: [echo-v1]\n      strategy: round_robin\n      providers: [a, b]\n";
+        let c = Config::parse(text, &env(&[]), true).unwrap();
+        let g = &c.routing.groups[0];
+        assert_eq!((&*g.name, g.strategy), ("fast", Some(Strategy::RoundRobin)));
+        assert_eq!(g.providers, ["a", "b"]);
+        let bad = "providers:\n  - name: a\n    type: echo\nrouting:\n  groups:\n    - name: g\n      models: []\n      strategy: fastest\n      providers: [a, zz]\n    - name: g\n      models: [x]\n";
+        let errors = invalid(bad, &env(&[]), false);
+        assert_eq!(
+            errors,
+            [
+                "routing.groups[0].models: a group needs at least one (non-empty) model name",
+                "routing.groups[0].strategy: unknown strategy \"fastest\" (expected one of priority, round_robin, least_latency, cost_weighted, random)",
+                "routing.groups[0].providers[1]: no provider is named \"zz\"",
+                "routing.groups[1].name: duplicate group name \"g\"",
             ]
         );
     }

@@ -44,6 +44,30 @@ pub struct Routed {
     pub upstream_model: Arc<str>,
     pub trace: TraceContext,
     pub span_id: Id128,
+    /// How the provider was chosen.
+    pub strategy: Strategy,
+    /// The route group the model belongs to, if any.
+    pub route_group: Option<Arc<str>>,
+}
+
+/// Models routed their own way: a strategy and, optionally, a subset of the
+/// providers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteGroup {
+    pub name: Arc<str>,
+    /// The model names (or aliases) callers use.
+    pub models: Vec<String>,
+    /// Overrides the router's strategy for these models.
+    pub strategy: Option<Strategy>,
+    /// Only these providers serve the group (empty: every provider).
+    pub providers: Vec<String>,
+}
+
+/// What `prepare` decided for one request.
+struct Plan {
+    routes: Vec<Route>,
+    strategy: Strategy,
+    group: Option<Arc<str>>,
 }
 
 /// Routes requests to the providers of a [`Registry`] and reports a span per call.
@@ -62,6 +86,8 @@ pub struct Router {
     min_samples: u32,
     /// `round_robin`: where the next request starts.
     next: Arc<std::sync::atomic::AtomicUsize>,
+    /// Model → the route group it belongs to.
+    groups: Arc<std::collections::HashMap<String, Arc<RouteGroup>>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -87,7 +113,22 @@ impl Router {
             ewma_decay: 0.3,
             min_samples: 5,
             next: Arc::default(),
+            groups: Arc::default(),
         }
+    }
+
+    /// The same router with route groups: each group's models are routed by
+    /// its strategy, among its providers.
+    pub fn with_groups(mut self, groups: Vec<RouteGroup>) -> Self {
+        let mut by_model = std::collections::HashMap::new();
+        for g in groups {
+            let g = Arc::new(g);
+            for m in &g.models {
+                by_model.entry(m.clone()).or_insert_with(|| g.clone());
+            }
+        }
+        self.groups = Arc::new(by_model);
+        self
     }
 
     /// The same router ordering each request's candidate providers by
@@ -170,7 +211,11 @@ impl Router {
         ctx: &RequestContext,
         span: &mut PendingSpan,
     ) -> Result<Routed, Error> {
-        let routes = self.prepare(req, span)?;
+        let Plan {
+            routes,
+            strategy,
+            group,
+        } = self.prepare(req, span)?;
         let count = routes.len();
         let mut attempts = 0;
         let mut last_error = None;
@@ -215,6 +260,8 @@ impl Router {
                 upstream_model: route.upstream_model,
                 trace: span.trace,
                 span_id: span.span_id,
+                strategy,
+                route_group: group,
             });
         }
         Err(last_error.unwrap_or_else(|| no_healthy_providers(req)))
@@ -276,7 +323,7 @@ impl Router {
         // Fallback is possible until the first chunk: each attempt opens the
         // stream and waits for its first item before committing to it.
         let opened = async {
-            let routes = self.prepare(req, &mut span)?;
+            let Plan { routes, strategy, group } = self.prepare(req, &mut span)?;
             let count = routes.len();
             let mut attempts = 0;
             let mut last_error = None;
@@ -306,7 +353,7 @@ impl Router {
                     ),
                 };
                 match outcome {
-                    Ok((inner, first)) => return Ok((route, inner, first)),
+                    Ok((inner, first)) => return Ok((route, inner, first, strategy, group)),
                     Err(e) if i + 1 < count && span.may_retry(&e, ctx) => {
                         tracing::debug!(provider = %route.provider_name, error = %e, "stream attempt failed; trying the next provider");
                         last_error = Some(e);
@@ -318,7 +365,9 @@ impl Router {
         }
         .await;
         match opened {
-            Ok((route, inner, first)) => Ok(RoutedStream {
+            Ok((route, inner, first, strategy, route_group)) => Ok(RoutedStream {
+                strategy,
+                route_group,
                 first: Some(first),
                 pricing: (
                     self.pricing
@@ -360,31 +409,57 @@ impl Router {
     }
 
     /// Validates `req` and lists the providers it may go to, best first.
-    fn prepare(&self, req: &InferRequest, span: &mut PendingSpan) -> Result<Vec<Route>, Error> {
+    fn prepare(&self, req: &InferRequest, span: &mut PendingSpan) -> Result<Plan, Error> {
         validate_request(req)?;
-        let mut routes = if self.strategy == Strategy::Priority {
+        // An explicit provider wins over groups.
+        let group = if req.provider.is_empty() {
+            self.groups.get(&req.model).cloned()
+        } else {
+            None
+        };
+        let strategy = group
+            .as_ref()
+            .and_then(|g| g.strategy)
+            .unwrap_or(self.strategy);
+        let mut routes = if strategy == Strategy::Priority && group.is_none() {
             self.registry
                 .candidates(&req.model, &req.provider, self.max_attempts)?
         } else {
             let mut all = self
                 .registry
                 .candidates(&req.model, &req.provider, usize::MAX)?;
-            self.order(&mut all, req);
+            if let Some(g) = group.as_ref().filter(|g| !g.providers.is_empty()) {
+                all.retain(|r| g.providers.iter().any(|p| **p == *r.provider_name));
+                if all.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::ModelNotFound,
+                        format!(
+                            "no provider of route group \"{}\" serves model \"{}\"",
+                            g.name, req.model
+                        ),
+                    ));
+                }
+            }
+            self.order(&mut all, req, strategy);
             all
         };
         routes.truncate(self.max_attempts);
         if let Some(first) = routes.first() {
             span.note_attempt(first, 1);
         }
-        Ok(routes)
+        Ok(Plan {
+            routes,
+            strategy,
+            group: group.map(|g| g.name.clone()),
+        })
     }
 
     /// Puts the candidates in the order the strategy prefers.
-    fn order(&self, routes: &mut [Route], req: &InferRequest) {
+    fn order(&self, routes: &mut [Route], req: &InferRequest, strategy: Strategy) {
         if routes.len() < 2 {
             return;
         }
-        match self.strategy {
+        match strategy {
             Strategy::Priority => {}
             Strategy::RoundRobin => {
                 let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -669,6 +744,8 @@ pub struct RoutedStream {
     pub model: String,
     pub provider: String,
     pub upstream_model: Arc<str>,
+    pub strategy: Strategy,
+    pub route_group: Option<Arc<str>>,
     inner: ChunkStream,
     /// The first item, read while the attempt could still fall back.
     first: Option<Option<Result<InferChunk, ProviderError>>>,
@@ -1190,6 +1267,37 @@ mod tests {
                 .unwrap()
                 .provider,
             "pricey"
+        );
+    }
+
+    #[tokio::test]
+    async fn route_groups_pick_their_providers_and_strategy() {
+        let (router, calls) = three(Strategy::Priority);
+        let router = router.with_groups(vec![RouteGroup {
+            name: "spread".into(),
+            models: vec!["m".into()],
+            strategy: Some(Strategy::RoundRobin),
+            providers: vec!["b".into(), "c".into()],
+        }]);
+        let mut groups = Vec::new();
+        for _ in 0..4 {
+            let routed = router
+                .call(&InferRequest::prompt("m", "x"), &RequestContext::default())
+                .await
+                .unwrap();
+            assert_eq!(routed.strategy, Strategy::RoundRobin);
+            groups.push(routed.route_group.unwrap().to_string());
+        }
+        assert_eq!(groups, ["spread"; 4]);
+        let counts: Vec<usize> = calls.iter().map(|c| c.started()).collect();
+        assert_eq!(counts, [0, 2, 2], "a is not in the group");
+        // An explicit provider still wins.
+        let mut req = InferRequest::prompt("m", "x");
+        req.provider = "a".into();
+        let routed = router.call(&req, &RequestContext::default()).await.unwrap();
+        assert_eq!(
+            (routed.response.provider.as_str(), routed.route_group),
+            ("a", None)
         );
     }
 
