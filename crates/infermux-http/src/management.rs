@@ -97,6 +97,9 @@ struct ProviderStatus {
     error_rate: f64,
     p95_latency_ms: Option<u64>,
     requests_last_minute: u32,
+    /// What is left of the rate limits this minute, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_headroom: Option<serde_json::Value>,
 }
 
 fn provider_statuses(state: &AppState) -> Vec<ProviderStatus> {
@@ -119,6 +122,10 @@ fn provider_statuses(state: &AppState) -> Vec<ProviderStatus> {
                 error_rate: s.error_rate,
                 p95_latency_ms: s.p95_latency_ms,
                 requests_last_minute: s.requests_last_minute,
+                rate_limit_headroom: e.limiter.as_ref().map(|l| {
+                    let h = l.headroom();
+                    serde_json::json!({"requests": h.requests, "tokens": h.tokens})
+                }),
             }
         })
         .collect()

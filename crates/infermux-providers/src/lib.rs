@@ -44,10 +44,13 @@ pub fn registry_from_config(config: &Config) -> Result<Registry, Error> {
                 Arc::new(AnthropicProvider::from_config(c).map_err(Error::from)?)
             }
         };
-        registry.register_with_breaker(
+        registry.register_with(
             provider,
-            c.model_aliases.clone(),
-            c.circuit_breaker.clone(),
+            infermux::registry::ProviderOptions {
+                aliases: c.model_aliases.clone(),
+                breaker: Some(c.circuit_breaker.clone()),
+                rate_limits: c.rate_limits,
+            },
         )?;
     }
     Ok(registry)

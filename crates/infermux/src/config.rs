@@ -156,6 +156,7 @@ pub struct ProviderConfig {
     pub delay: Duration,
     /// This provider's circuit breaker: the global settings with its overrides.
     pub circuit_breaker: BreakerConfig,
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 /// How requests are spread over providers.
@@ -286,6 +287,13 @@ struct RawProvider {
     api_version: Option<String>,
     delay: Option<String>,
     circuit_breaker: Option<RawBreaker>,
+    rate_limits: Option<RawRateLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRateLimits {
+    requests_per_minute: Option<i64>,
+    tokens_per_minute: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -800,6 +808,27 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
             Some(b) => breaker_config(&global_breaker, b, &at("circuit_breaker"), errors),
             None => global_breaker.clone(),
         };
+        let mut rate_limits = crate::ratelimit::RateLimits::default();
+        if let Some(r) = &p.rate_limits {
+            match r.requests_per_minute {
+                None => {}
+                Some(n) if n >= 1 && n <= i64::from(u32::MAX) => {
+                    rate_limits.requests_per_minute = Some(n as u32)
+                }
+                Some(n) => errors.push(format!(
+                    "{}.requests_per_minute: {n} must be a whole number ≥ 1",
+                    at("rate_limits")
+                )),
+            }
+            match r.tokens_per_minute {
+                None => {}
+                Some(n) if n >= 1 => rate_limits.tokens_per_minute = Some(n as u64),
+                Some(n) => errors.push(format!(
+                    "{}.tokens_per_minute: {n} must be a whole number ≥ 1",
+                    at("rate_limits")
+                )),
+            }
+        }
         if let Some(kind) = kind {
             providers.push(ProviderConfig {
                 name,
@@ -812,6 +841,7 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
                 api_version,
                 delay,
                 circuit_breaker,
+                rate_limits,
             });
         }
     }
@@ -1130,6 +1160,22 @@ pricing:
                 "circuit_breaker.error_rate_threshold: 1.5 is not in (0, 1]",
                 "providers[0].circuit_breaker.min_requests: 0 must be a whole number ≥ 1",
                 "providers[0].circuit_breaker.recovery_window: must be more than 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn rate_limits_are_read_and_checked() {
+        let text = "providers:\n  - name: a\n    type: echo\n    rate_limits: {requests_per_minute: 600, tokens_per_minute: 90000}\n";
+        let c = Config::parse(text, &env(&[]), true).unwrap();
+        assert_eq!(c.providers[0].rate_limits.requests_per_minute, Some(600));
+        assert_eq!(c.providers[0].rate_limits.tokens_per_minute, Some(90_000));
+        let bad = "providers:\n  - name: a\n    type: echo\n    rate_limits: {requests_per_minute: 0, tokens_per_minute: -5}\n";
+        assert_eq!(
+            invalid(bad, &env(&[]), false),
+            [
+                "providers[0].rate_limits.requests_per_minute: 0 must be a whole number ≥ 1",
+                "providers[0].rate_limits.tokens_per_minute: -5 must be a whole number ≥ 1",
             ]
         );
     }

@@ -24,6 +24,7 @@ pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod provider;
+pub mod ratelimit;
 pub mod registry;
 pub mod router;
 #[cfg(any(test, feature = "testing"))]

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use crate::breaker::{Breaker, BreakerConfig, Clock, SystemClock};
 use crate::error::{Error, ErrorKind};
 use crate::provider::Provider;
+use crate::ratelimit::{RateLimiter, RateLimits};
 
 /// One registered provider.
 #[derive(Clone)]
@@ -21,6 +22,18 @@ pub struct Entry {
     pub aliases: Vec<(String, String)>,
     /// This provider's circuit breaker.
     pub breaker: Arc<Breaker>,
+    /// This provider's rate limits, when it has any.
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+/// How one provider is registered beside the provider itself.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderOptions {
+    /// Caller-facing alias → the model name this provider receives.
+    pub aliases: Vec<(String, String)>,
+    /// Its breaker settings (the registry's defaults when `None`).
+    pub breaker: Option<BreakerConfig>,
+    pub rate_limits: RateLimits,
 }
 
 impl Entry {
@@ -50,6 +63,7 @@ pub struct Route {
     pub provider_name: Arc<str>,
     pub upstream_model: Arc<str>,
     pub breaker: Arc<Breaker>,
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -112,6 +126,7 @@ impl Snapshot {
             provider_name: e.name.clone(),
             upstream_model,
             breaker: e.breaker.clone(),
+            limiter: e.limiter.clone(),
         }
     }
 }
@@ -156,15 +171,20 @@ impl Registry {
         }
     }
 
-    /// Adds a provider with its own breaker settings.
-    pub fn register_with_breaker(
+    /// Adds a provider with its aliases, breaker settings and rate limits.
+    pub fn register_with(
         &self,
         provider: Arc<dyn Provider>,
-        aliases: Vec<(String, String)>,
-        breaker: BreakerConfig,
+        options: ProviderOptions,
     ) -> Result<(), Error> {
-        let breaker = Arc::new(Breaker::new(breaker, self.breakers.1.clone()));
-        self.add(provider, aliases, breaker)
+        let clock = self.breakers.1.clone();
+        let breaker = Arc::new(Breaker::new(
+            options.breaker.unwrap_or_else(|| self.breakers.0.clone()),
+            clock.clone(),
+        ));
+        let limiter = (!options.rate_limits.is_unlimited())
+            .then(|| Arc::new(RateLimiter::new(options.rate_limits, clock)));
+        self.add(provider, options.aliases, breaker, limiter)
     }
 
     /// Adds a provider after those already registered. Names must be unique.
@@ -179,11 +199,13 @@ impl Registry {
         provider: Arc<dyn Provider>,
         aliases: Vec<(String, String)>,
     ) -> Result<(), Error> {
-        let breaker = Arc::new(Breaker::new(
-            self.breakers.0.clone(),
-            self.breakers.1.clone(),
-        ));
-        self.add(provider, aliases, breaker)
+        self.register_with(
+            provider,
+            ProviderOptions {
+                aliases,
+                ..ProviderOptions::default()
+            },
+        )
     }
 
     fn add(
@@ -191,6 +213,7 @@ impl Registry {
         provider: Arc<dyn Provider>,
         aliases: Vec<(String, String)>,
         breaker: Arc<Breaker>,
+        limiter: Option<Arc<RateLimiter>>,
     ) -> Result<(), Error> {
         let name: Arc<str> = Arc::from(provider.name());
         if name.is_empty() {
@@ -207,6 +230,7 @@ impl Registry {
                 name,
                 aliases,
                 breaker,
+                limiter,
             });
             Ok(())
         })

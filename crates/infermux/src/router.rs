@@ -219,8 +219,9 @@ impl Router {
         let count = routes.len();
         let mut attempts = 0;
         let mut last_error = None;
+        let mut limited = false;
         for (i, route) in routes.into_iter().enumerate() {
-            let Some(permit) = Permit::acquire(&route) else {
+            let Some(permit) = Permit::acquire(&route, &mut limited) else {
                 continue;
             };
             attempts += 1;
@@ -246,6 +247,9 @@ impl Router {
                 }
                 Err(e) => return Err(e),
             };
+            if let Some(limiter) = &route.limiter {
+                limiter.add_tokens(response.tokens_in + response.tokens_out);
+            }
             response.cost_usd = self.cost(
                 &route,
                 response.tokens_in,
@@ -264,7 +268,7 @@ impl Router {
                 route_group: group,
             });
         }
-        Err(last_error.unwrap_or_else(|| no_healthy_providers(req)))
+        Err(last_error.unwrap_or_else(|| no_eligible_provider(req, limited)))
     }
 
     /// Routes one embeddings request, reporting one span like any other call.
@@ -327,8 +331,9 @@ impl Router {
             let count = routes.len();
             let mut attempts = 0;
             let mut last_error = None;
+            let mut limited = false;
             for (i, route) in routes.into_iter().enumerate() {
-                let Some(permit) = Permit::acquire(&route) else {
+                let Some(permit) = Permit::acquire(&route, &mut limited) else {
                     continue;
                 };
                 attempts += 1;
@@ -361,7 +366,7 @@ impl Router {
                     Err(e) => return Err(e),
                 }
             }
-            Err(last_error.unwrap_or_else(|| no_healthy_providers(req)))
+            Err(last_error.unwrap_or_else(|| no_eligible_provider(req, limited)))
         }
         .await;
         match opened {
@@ -522,14 +527,23 @@ async fn with_deadline<F: Future>(
     }
 }
 
-fn no_healthy_providers(req: &InferRequest) -> Error {
-    Error::new(
-        ErrorKind::NoHealthyProviders,
-        format!(
-            "every provider for model \"{}\" has an open circuit; try again later",
-            crate::validate::truncate(&req.model, 128)
-        ),
-    )
+/// Every candidate was skipped: 429 when rate limits did it (some may also be
+/// circuit-open), else 503.
+fn no_eligible_provider(req: &InferRequest, limited: bool) -> Error {
+    let model = crate::validate::truncate(&req.model, 128);
+    if limited {
+        Error::new(
+            ErrorKind::RateLimited,
+            format!(
+                "every provider for model \"{model}\" is at its rate limit or unavailable; retry later"
+            ),
+        )
+    } else {
+        Error::new(
+            ErrorKind::NoHealthyProviders,
+            format!("every provider for model \"{model}\" has an open circuit; try again later"),
+        )
+    }
 }
 
 /// Leave to call one provider, from its circuit breaker. The outcome goes back
@@ -541,14 +555,23 @@ struct Permit<'a> {
 }
 
 impl<'a> Permit<'a> {
-    fn acquire(route: &'a Route) -> Option<Self> {
-        match route.breaker.admit() {
-            Admission::Refuse => None,
-            admission => Some(Permit {
+    /// A permit when the circuit admits the call and the rate limits have
+    /// room; `limited` notes a refusal by the rate limits.
+    fn acquire(route: &'a Route, limited: &mut bool) -> Option<Self> {
+        let permit = match route.breaker.admit() {
+            Admission::Refuse => return None,
+            admission => Permit {
                 route,
                 admission: Some(admission),
-            }),
+            },
+        };
+        if let Some(limiter) = &route.limiter
+            && !limiter.try_acquire()
+        {
+            *limited = true;
+            return None; // dropping the permit gives a probe slot back
         }
+        Some(permit)
     }
 
     /// Records how the call went and passes its result on.
@@ -1299,6 +1322,46 @@ mod tests {
             (routed.response.provider.as_str(), routed.route_group),
             ("a", None)
         );
+    }
+
+    #[tokio::test]
+    async fn providers_at_their_rate_limit_are_skipped_and_all_limited_is_429() {
+        use crate::ratelimit::RateLimits;
+        use crate::registry::ProviderOptions;
+        let registry = Registry::new();
+        let (a, b) = (
+            FakeProvider::new("a", &["m"]),
+            FakeProvider::new("b", &["m"]),
+        );
+        let (calls_a, calls_b) = (a.calls(), b.calls());
+        let limited = |rpm| ProviderOptions {
+            rate_limits: RateLimits {
+                requests_per_minute: Some(rpm),
+                tokens_per_minute: None,
+            },
+            ..ProviderOptions::default()
+        };
+        registry.register_with(Arc::new(a), limited(2)).unwrap();
+        registry.register_with(Arc::new(b), limited(1)).unwrap();
+        let router = Router::without_spans(Arc::new(registry));
+        let req = InferRequest::prompt("m", "x");
+        let served: Vec<String> =
+            futures_util::future::join_all((0..3).map(|_| router.infer(&req)))
+                .await
+                .into_iter()
+                .map(|r| r.unwrap().provider)
+                .collect();
+        assert_eq!(served, ["a", "a", "b"]);
+        let e = router.infer(&req).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
+        assert_eq!(e.disposition().http_status, 429);
+        assert_eq!((calls_a.started(), calls_b.started()), (2, 1));
+        let headroom = router.registry().entries()[0]
+            .limiter
+            .as_ref()
+            .unwrap()
+            .headroom();
+        assert_eq!(headroom.requests, Some(0));
     }
 
     #[tokio::test]
