@@ -92,19 +92,26 @@ pub fn price_of(price: Price, tokens_in: u64, tokens_out: u64) -> f64 {
 }
 
 /// The built-in price of `model`: an exact entry, or the longest entry that is a
-/// prefix of it followed by `-` (a dated or suffixed variant).
+/// prefix of it followed by `-` (a dated or suffixed variant). A few hash
+/// lookups, one per `-` in the name.
 pub fn built_in(model: &str) -> Option<Price> {
-    BUILT_IN
-        .iter()
-        .filter(|(name, ..)| {
-            model == *name
-                || (model.starts_with(name) && model.as_bytes().get(name.len()) == Some(&b'-'))
-        })
-        .max_by_key(|(name, ..)| name.len())
-        .map(|&(_, input, output)| Price {
-            input_per_million: input,
-            output_per_million: output,
-        })
+    static TABLE: std::sync::LazyLock<HashMap<&'static str, (f64, f64)>> =
+        std::sync::LazyLock::new(|| {
+            BUILT_IN
+                .iter()
+                .map(|&(name, i, o)| (name, (i, o)))
+                .collect()
+        });
+    let mut candidate = model;
+    loop {
+        if let Some(&(input, output)) = TABLE.get(candidate) {
+            return Some(Price {
+                input_per_million: input,
+                output_per_million: output,
+            });
+        }
+        candidate = &candidate[..candidate.rfind('-')?];
+    }
 }
 
 #[cfg(test)]

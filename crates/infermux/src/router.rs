@@ -151,6 +151,13 @@ impl Router {
         self.strategy
     }
 
+    /// The providers `req` would try, in order, as the strategy orders them now
+    /// (circuits and rate limits are consulted only when calling).
+    pub fn choose(&self, req: &InferRequest) -> Result<Vec<Route>, Error> {
+        let mut span = PendingSpan::detached(req);
+        self.prepare(req, &mut span).map(|plan| plan.routes)
+    }
+
     /// The same router trying at most `max_attempts` providers per request: on a
     /// retryable failure (5xx, connection error, upstream timeout or 429) the
     /// next provider that serves the model gets the request, within the caller's
@@ -473,33 +480,31 @@ impl Router {
             Strategy::Random => fastrand::shuffle(routes),
             Strategy::LeastLatency => {
                 // Providers still warming up first (in declaration order), then
-                // the fastest average.
-                let key = |r: &Route| {
+                // the fastest average. Each key is read once (a lock each).
+                routes.sort_by_cached_key(|r| {
                     let (ewma, n) = r.breaker.latency_ewma();
                     if n < self.min_samples {
-                        (0, 0.0)
+                        (0, 0)
                     } else {
-                        (1, ewma)
+                        (1, (ewma * 1000.0) as u64)
                     }
-                };
-                routes.sort_by(|a, b| {
-                    let (ka, kb) = (key(a), key(b));
-                    ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
                 });
             }
             Strategy::CostWeighted => {
-                // The prompt's estimated input cost; an unknown price is 0.
+                // The prompt's estimated input cost, in micro-dollars; an
+                // unknown price is 0. Each route is priced once.
                 let tokens: u64 = req
                     .messages
                     .iter()
                     .map(|m| (m.content.len() / 4) as u64)
                     .sum::<u64>()
                     .max(1);
-                let cost = |r: &Route| {
-                    self.pricing
+                routes.sort_by_cached_key(|r| {
+                    (self
+                        .pricing
                         .cost(&r.provider_name, &r.upstream_model, tokens, 0)
-                };
-                routes.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
+                        * 1e12) as u64
+                });
             }
         }
     }
@@ -662,6 +667,14 @@ struct PendingSpan {
 }
 
 impl PendingSpan {
+    /// A span that is never reported (for `Router::choose`).
+    fn detached(req: &InferRequest) -> Self {
+        let mut span =
+            PendingSpan::start(Arc::new(NoopSink), &RequestContext::default(), &req.model);
+        span.reported = true;
+        span
+    }
+
     fn start(sink: Arc<dyn SpanSink>, ctx: &RequestContext, model: &str) -> Self {
         PendingSpan {
             sink,
