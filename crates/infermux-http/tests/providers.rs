@@ -929,3 +929,84 @@ routing:
     assert_eq!(status, 400);
     assert_eq!(backup.seen().len(), before);
 }
+
+/// The routing issue's acceptance: with two providers and the priority
+/// strategy, taking the first down moves traffic to the second with no failed
+/// request, its circuit opens (status API and metrics say so), and traffic
+/// returns when it recovers.
+#[tokio::test]
+async fn traffic_moves_away_from_a_dead_provider_and_comes_back() {
+    let primary = Upstream::start().await;
+    let backup = Upstream::start().await;
+    let yaml = format!(
+        r#"
+providers:
+  - name: primary
+    type: openai
+    base_url: "{}/v1"
+    models: [gpt-4o]
+  - name: backup
+    type: openai
+    base_url: "{}/v1"
+    models: [gpt-4o]
+circuit_breaker:
+  consecutive_failures: 2
+  recovery_window: 200ms
+"#,
+        primary.url, backup.url
+    );
+    let gw = Gateway::start(&yaml).await;
+    let ask =
+        || gw.chat(json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}));
+    let get = |path: &str| {
+        let (client, url) = (gw.client.clone(), format!("{}{path}", gw.base));
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    primary.always(Reply::Json(200, completion("primary", "stop")));
+    backup.always(Reply::Json(200, completion("backup", "stop")));
+    let (status, headers, _) = ask().await;
+    assert_eq!(
+        (status, headers["x-infermux-provider"].to_str().unwrap()),
+        (200, "primary")
+    );
+
+    // The primary goes down: no request fails, the circuit opens.
+    primary.always(Reply::Json(500, json!({"error": {"message": "down"}})));
+    for _ in 0..5 {
+        let (status, headers, body) = ask().await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-infermux-provider"], "backup");
+    }
+    assert_eq!(
+        primary.seen().len(),
+        1 + 2,
+        "two failures opened the circuit; then no traffic"
+    );
+    let providers: Value = serde_json::from_str(&get("/_infermux/providers").await).unwrap();
+    assert_eq!(providers["providers"][0]["circuit"], "open");
+    assert_eq!(providers["providers"][0]["healthy"], false);
+    let metrics = get("/_infermux/metrics").await;
+    assert!(
+        metrics.contains(r#"infermux_circuit_state{provider="primary"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("infermux_fallbacks_total 2"), "{metrics}");
+
+    // It recovers: after the recovery window one probe goes to it, succeeds,
+    // and the traffic comes back.
+    primary.always(Reply::Json(200, completion("primary", "stop")));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, headers, _) = ask().await;
+        assert_eq!(status, 200);
+        if headers["x-infermux-provider"] == "primary" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "traffic never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, headers, _) = ask().await;
+    assert_eq!(headers["x-infermux-provider"], "primary");
+    let providers: Value = serde_json::from_str(&get("/_infermux/providers").await).unwrap();
+    assert_eq!(providers["providers"][0]["circuit"], "closed");
+}
