@@ -181,7 +181,19 @@ pub struct Breaker {
     clock: Arc<dyn Clock>,
     epoch: Instant,
     inner: Mutex<Inner>,
+    /// The provider's name, for listeners.
+    name: Arc<str>,
+    listeners: Listeners,
 }
+
+/// Called on every circuit state change with the provider's name and the old
+/// and new state — while the breaker still holds its lock, so before any
+/// request can see the new state. It must not call back into the breaker.
+pub type CircuitListener = Arc<dyn Fn(&str, CircuitState, CircuitState) + Send + Sync>;
+
+/// The listeners of every breaker of a registry; shared, so ones added later
+/// reach existing breakers.
+pub type Listeners = Arc<arc_swap::ArcSwap<Vec<CircuitListener>>>;
 
 impl std::fmt::Debug for Breaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,6 +231,24 @@ impl Breaker {
                 ewma_ms: 0.0,
                 ewma_samples: 0,
             }),
+            name: Arc::from(""),
+            listeners: Listeners::default(),
+        }
+    }
+
+    /// The same breaker, named, telling `listeners` about state changes.
+    pub fn with_listeners(mut self, name: &str, listeners: Listeners) -> Self {
+        self.name = Arc::from(name);
+        self.listeners = listeners;
+        self
+    }
+
+    /// Tells the listeners, if the state changed. Called with the lock held.
+    fn changed(&self, before: CircuitState, after: CircuitState) {
+        if before != after {
+            for listener in self.listeners.load().iter() {
+                listener(&self.name, before, after);
+            }
         }
     }
 
@@ -242,6 +272,7 @@ impl Breaker {
             CircuitState::Open if inner.recovery_at.is_some_and(|t| now >= t) => {
                 inner.state = CircuitState::HalfOpen;
                 inner.probing = true;
+                self.changed(CircuitState::Open, CircuitState::HalfOpen);
                 Admission::Probe
             }
             CircuitState::Open => Admission::Refuse,
@@ -345,6 +376,7 @@ impl Breaker {
                 inner.consecutive = 0;
             }
         }
+        self.changed(before, inner.state);
         (inner.state != before).then_some(inner.state)
     }
 
@@ -359,13 +391,16 @@ impl Breaker {
     pub fn force_open(&self) {
         let now = self.clock.now();
         let mut inner = self.lock();
+        let before = inner.state;
         self.open(&mut inner, now);
+        self.changed(before, inner.state);
     }
 
     /// Closes the circuit now, by hand (the recovery backoff starts over),
     /// keeping the window's counts.
     pub fn force_close(&self) {
         let mut inner = self.lock();
+        self.changed(inner.state, CircuitState::Closed);
         inner.state = CircuitState::Closed;
         inner.consecutive = 0;
         inner.reopenings = 0;
@@ -647,6 +682,47 @@ mod tests {
         b.observe(Duration::from_millis(7));
         let s = b.status();
         assert_eq!((s.requests_last_minute, s.p95_latency_ms), (1, Some(7)));
+    }
+
+    #[test]
+    fn listeners_hear_every_change_before_anyone_sees_it() {
+        let (b, clock) = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            ..BreakerConfig::default()
+        });
+        let heard: Arc<Mutex<Vec<(String, CircuitState, CircuitState)>>> = Arc::default();
+        let listeners = Listeners::default();
+        let kept = heard.clone();
+        listeners.store(Arc::new(vec![Arc::new(move |name: &str, from, to| {
+            kept.lock().unwrap().push((name.to_owned(), from, to));
+        }) as CircuitListener]));
+        let b = b.with_listeners("p", listeners);
+        fail(&b);
+        clock.advance(Duration::from_secs(30));
+        let probe = b.admit();
+        b.record(&probe, Outcome::Success);
+        b.force_open();
+        b.force_close();
+        use CircuitState::{Closed, HalfOpen, Open};
+        let heard: Vec<(CircuitState, CircuitState)> = heard
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, f, t)| {
+                assert_eq!(n, "p");
+                (*f, *t)
+            })
+            .collect();
+        assert_eq!(
+            heard,
+            [
+                (Closed, Open),
+                (Open, HalfOpen),
+                (HalfOpen, Closed),
+                (Closed, Open),
+                (Open, Closed)
+            ]
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::breaker::{Breaker, BreakerConfig, Clock, SystemClock};
+use crate::breaker::{Breaker, BreakerConfig, CircuitListener, Clock, Listeners, SystemClock};
 use crate::error::{Error, ErrorKind};
 use crate::provider::Provider;
 use crate::ratelimit::{RateLimiter, RateLimits};
@@ -137,6 +137,8 @@ pub struct Registry {
     writer: Mutex<()>,
     /// How breakers of newly registered providers behave, and their clock.
     breakers: (BreakerConfig, Arc<dyn Clock>),
+    /// Told about every circuit state change of every provider.
+    listeners: Listeners,
 }
 
 impl Default for Registry {
@@ -160,7 +162,18 @@ impl Registry {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
             breakers: (BreakerConfig::default(), Arc::new(SystemClock)),
+            listeners: Listeners::default(),
         }
+    }
+
+    /// Calls `listener` on every circuit state change of every provider, now
+    /// registered or later, before any request sees the new state.
+    pub fn on_circuit_change(&self, listener: CircuitListener) {
+        self.listeners.rcu(|current| {
+            let mut next = Vec::clone(current);
+            next.push(listener.clone());
+            next
+        });
     }
 
     /// An empty registry whose providers get breakers with `config` and `clock`.
@@ -178,10 +191,13 @@ impl Registry {
         options: ProviderOptions,
     ) -> Result<(), Error> {
         let clock = self.breakers.1.clone();
-        let breaker = Arc::new(Breaker::new(
-            options.breaker.unwrap_or_else(|| self.breakers.0.clone()),
-            clock.clone(),
-        ));
+        let breaker = Arc::new(
+            Breaker::new(
+                options.breaker.unwrap_or_else(|| self.breakers.0.clone()),
+                clock.clone(),
+            )
+            .with_listeners(provider.name(), self.listeners.clone()),
+        );
         let limiter = (!options.rate_limits.is_unlimited())
             .then(|| Arc::new(RateLimiter::new(options.rate_limits, clock)));
         self.add(provider, options.aliases, breaker, limiter)

@@ -151,6 +151,18 @@ impl Router {
         self.strategy
     }
 
+    /// Calls `listener(provider, from, to)` on every circuit state change,
+    /// before the next request sees the new state.
+    pub fn on_circuit_change(
+        &self,
+        listener: impl Fn(&str, crate::breaker::CircuitState, crate::breaker::CircuitState)
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        self.registry.on_circuit_change(Arc::new(listener));
+    }
+
     /// The providers `req` would try, in order, as the strategy orders them now
     /// (circuits and rate limits are consulted only when calling).
     pub fn choose(&self, req: &InferRequest) -> Result<Vec<Route>, Error> {
@@ -1375,6 +1387,33 @@ mod tests {
             .unwrap()
             .headroom();
         assert_eq!(headroom.requests, Some(0));
+    }
+
+    #[tokio::test]
+    async fn circuit_listeners_hear_changes_made_by_requests() {
+        use crate::breaker::CircuitState;
+        let registry = Registry::new();
+        let heard: Arc<std::sync::Mutex<Vec<(String, CircuitState)>>> = Arc::default();
+        let router = Router::without_spans(Arc::new(registry));
+        let kept = heard.clone();
+        router.on_circuit_change(move |provider, _, to| {
+            kept.lock().unwrap().push((provider.to_owned(), to))
+        });
+        // Registered after the listener: it hears this provider too.
+        router
+            .registry()
+            .register(Arc::new(
+                FakeProvider::new("flaky", &["m"])
+                    .then(Step::Fail(ProviderError::Unavailable("x".into()))),
+            ))
+            .unwrap();
+        for _ in 0..5 {
+            let _ = router.infer(&InferRequest::prompt("m", "x")).await;
+        }
+        assert_eq!(
+            heard.lock().unwrap().clone(),
+            [("flaky".to_owned(), CircuitState::Open)]
+        );
     }
 
     #[tokio::test]
