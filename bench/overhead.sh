@@ -63,15 +63,18 @@ providers:
     type: openai
     base_url: "http://127.0.0.1:18801/v1"
     models: [bench-model]
+    health_check: {disabled: true}
   - name: mock-sse
     type: openai
     base_url: "http://127.0.0.1:18801/sse/v1"
     models: [bench-sse]
+    health_check: {disabled: true}
   - name: slow
     type: openai
     base_url: "http://127.0.0.1:18804/v1"
     timeout: 120s
     models: [bench-slow]
+    health_check: {disabled: true}
 YAML
 
 pids=()

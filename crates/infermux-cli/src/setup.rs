@@ -121,6 +121,20 @@ impl Prepared {
         tracing::info!(addr = %local, providers = ?providers, "infermux {kind} server listening");
     }
 
+    /// Starts the active health checks the config asks for, on the current
+    /// runtime (they live as long as it does).
+    pub fn spawn_health_checks(&self) {
+        if let Some(c) = &self.config {
+            let checks: Vec<(String, infermux::health::HealthCheckConfig)> = c
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.health_check))
+                .collect();
+            let started = infermux::health::spawn_checks(&self.registry, &checks);
+            tracing::debug!(providers = started.len(), "health checks started");
+        }
+    }
+
     pub fn router(&self, spans: Arc<dyn SpanSink>) -> Router {
         router(self.config.as_ref(), self.registry.clone(), spans)
     }
@@ -143,6 +157,7 @@ where
     let prepared = Prepared::new(args, listen, default_addr)?;
     runtime()?.block_on(async move {
         let (spans, reporter) = spans(prepared.tokentrace.as_deref())?;
+        prepared.spawn_health_checks();
         let listener = bind(&prepared.addr).await?;
         prepared.log_listening(kind, listener.local_addr().map_err(|e| e.to_string())?);
         serve(listener, prepared.router(spans))

@@ -115,7 +115,8 @@ fn provider_statuses(state: &AppState) -> Vec<ProviderStatus> {
                 name: e.name.to_string(),
                 kind: e.provider.kind().to_owned(),
                 models: e.routable_models(),
-                healthy: s.state != CircuitState::Open,
+                healthy: s.state != CircuitState::Open
+                    && e.healthy.load(std::sync::atomic::Ordering::Relaxed),
                 circuit: s.state.as_str(),
                 circuit_opened_at: s.opened_at.filter(|_| open).map(rfc3339),
                 recovery_at: s.recovery_at.filter(|_| open).map(rfc3339),

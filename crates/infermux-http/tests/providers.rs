@@ -1010,3 +1010,52 @@ circuit_breaker:
     let providers: Value = serde_json::from_str(&get("/_infermux/providers").await).unwrap();
     assert_eq!(providers["providers"][0]["circuit"], "closed");
 }
+
+#[tokio::test]
+async fn a_provider_failing_its_health_check_gets_no_traffic() {
+    let sick = Upstream::start().await;
+    let well = Upstream::start().await;
+    sick.always(Reply::Json(500, json!({"error": {"message": "sick"}})));
+    well.always(Reply::Json(200, json!({"object": "list", "data": []})));
+    let yaml = format!(
+        "providers:\n  - name: sick\n    type: ollama\n    base_url: \"{}/v1\"\n    models: [m]\n    health_check: {{interval: 50ms}}\n  - name: well\n    type: ollama\n    base_url: \"{}/v1\"\n    models: [m]\n    health_check: {{interval: 50ms}}\n",
+        sick.url, well.url
+    );
+    let config = Config::parse(&yaml, &HashMap::<String, String>::new(), true).unwrap();
+    let registry = Arc::new(infermux_providers::registry_from_config(&config).unwrap());
+    let checks: Vec<_> = config
+        .providers
+        .iter()
+        .map(|p| (p.name.clone(), p.health_check))
+        .collect();
+    let handles = infermux::health::spawn_checks(&registry, &checks);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while registry.entries()[0]
+        .healthy
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sick provider never failed its check"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let check = sick.last();
+    assert_eq!(check.path_and_query, "/v1/models", "the check lists models");
+    let before = sick.seen().len();
+    well.always(Reply::Json(200, completion("well", "stop")));
+    let router = Router::without_spans(registry.clone());
+    let resp = router
+        .infer(&infermux::InferRequest::prompt("m", "x"))
+        .await
+        .unwrap();
+    assert_eq!(resp.provider, "well");
+    assert!(
+        sick.seen()
+            .iter()
+            .skip(before)
+            .all(|s| s.path_and_query == "/v1/models"),
+        "only checks reached it"
+    );
+    handles.iter().for_each(tokio::task::JoinHandle::abort);
+}

@@ -215,6 +215,24 @@ impl Provider for AnthropicProvider {
         "anthropic"
     }
 
+    /// Lists the models (`GET {base_url}/v1/models`).
+    async fn health_check(&self) -> Result<(), ProviderError> {
+        let url = self.url.replace("/v1/messages", "/v1/models");
+        let req = self
+            .clients
+            .get()?
+            .get(url)
+            .timeout(self.timeout)
+            .header("x-api-key", &self.api_key)
+            .header("anthropic-version", API_VERSION);
+        let resp = http::send(req, &self.name).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(http::error_from(resp, &self.name).await)
+        }
+    }
+
     async fn infer(
         &self,
         ctx: &CallContext<'_>,

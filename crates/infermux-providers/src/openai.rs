@@ -355,6 +355,27 @@ impl Provider for OpenAiProvider {
         })
     }
 
+    /// Lists the models (`GET {base_url}/models`; Azure: the resource's
+    /// `openai/models`): cheap, authenticated, no tokens spent.
+    async fn health_check(&self) -> Result<(), ProviderError> {
+        let url = match &self.dialect {
+            Dialect::OpenAi => format!("{}/models", self.base_url),
+            Dialect::Azure { api_version } => {
+                format!("{}/openai/models?api-version={api_version}", self.base_url)
+            }
+        };
+        let mut req = self.clients.get()?.get(url).timeout(self.timeout);
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name, value.clone());
+        }
+        let resp = http::send(req, &self.name).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(http::error_from(resp, &self.name).await)
+        }
+    }
+
     async fn embed(
         &self,
         ctx: &CallContext<'_>,

@@ -157,6 +157,7 @@ pub struct ProviderConfig {
     /// This provider's circuit breaker: the global settings with its overrides.
     pub circuit_breaker: BreakerConfig,
     pub rate_limits: crate::ratelimit::RateLimits,
+    pub health_check: crate::health::HealthCheckConfig,
 }
 
 /// How requests are spread over providers.
@@ -288,6 +289,14 @@ struct RawProvider {
     delay: Option<String>,
     circuit_breaker: Option<RawBreaker>,
     rate_limits: Option<RawRateLimits>,
+    health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawHealthCheck {
+    interval: Option<String>,
+    timeout: Option<String>,
+    disabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -829,6 +838,31 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
                 )),
             }
         }
+        let mut health_check = crate::health::HealthCheckConfig {
+            // Echo is always up: no need to ask it.
+            disabled: kind == Some(ProviderKind::Echo),
+            ..crate::health::HealthCheckConfig::default()
+        };
+        if let Some(h) = &p.health_check {
+            for (field, value, into) in [
+                ("interval", &h.interval, &mut health_check.interval),
+                ("timeout", &h.timeout, &mut health_check.timeout),
+            ] {
+                if let Some(v) = value {
+                    match parse_duration(v) {
+                        Ok(d) if !d.is_zero() => *into = d,
+                        Ok(_) => errors.push(format!(
+                            "{}.{field}: must be more than 0",
+                            at("health_check")
+                        )),
+                        Err(e) => errors.push(format!("{}.{field}: {e}", at("health_check"))),
+                    }
+                }
+            }
+            if let Some(d) = h.disabled {
+                health_check.disabled = d;
+            }
+        }
         if let Some(kind) = kind {
             providers.push(ProviderConfig {
                 name,
@@ -842,6 +876,7 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
                 delay,
                 circuit_breaker,
                 rate_limits,
+                health_check,
             });
         }
     }

@@ -21,6 +21,7 @@ pub mod cost;
 pub mod echo;
 pub mod envelope;
 pub mod error;
+pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod provider;

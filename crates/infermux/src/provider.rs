@@ -82,6 +82,12 @@ pub trait Provider: Send + Sync + 'static {
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError>;
 
+    /// Checks that the provider answers, for active health checks: cheap and
+    /// side-effect free (e.g. listing models). The default assumes health.
+    async fn health_check(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Embeds texts. The default says this provider cannot.
     async fn embed(
         &self,

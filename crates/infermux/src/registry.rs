@@ -24,6 +24,8 @@ pub struct Entry {
     pub breaker: Arc<Breaker>,
     /// This provider's rate limits, when it has any.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// What the last active health check said (true until one fails).
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How one provider is registered beside the provider itself.
@@ -64,6 +66,7 @@ pub struct Route {
     pub upstream_model: Arc<str>,
     pub breaker: Arc<Breaker>,
     pub limiter: Option<Arc<RateLimiter>>,
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Route {
@@ -127,6 +130,7 @@ impl Snapshot {
             upstream_model,
             breaker: e.breaker.clone(),
             limiter: e.limiter.clone(),
+            healthy: e.healthy.clone(),
         }
     }
 }
@@ -247,6 +251,7 @@ impl Registry {
                 aliases,
                 breaker,
                 limiter,
+                healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             });
             Ok(())
         })

@@ -558,7 +558,9 @@ fn no_eligible_provider(req: &InferRequest, limited: bool) -> Error {
     } else {
         Error::new(
             ErrorKind::NoHealthyProviders,
-            format!("every provider for model \"{model}\" has an open circuit; try again later"),
+            format!(
+                "every provider for model \"{model}\" is unhealthy or has an open circuit; try again later"
+            ),
         )
     }
 }
@@ -575,6 +577,9 @@ impl<'a> Permit<'a> {
     /// A permit when the circuit admits the call and the rate limits have
     /// room; `limited` notes a refusal by the rate limits.
     fn acquire(route: &'a Route, limited: &mut bool) -> Option<Self> {
+        if !route.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         let permit = match route.breaker.admit() {
             Admission::Refuse => return None,
             admission => Permit {

@@ -24,7 +24,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let (spans, reporter) = rt.block_on(async { setup::spans(prepared.tokentrace.as_deref()) })?;
+    let (spans, reporter) = rt.block_on(async {
+        prepared.spawn_health_checks();
+        setup::spans(prepared.tokentrace.as_deref())
+    })?;
     // SO_REUSEPORT would let a second infermux share a port already in use;
     // an exclusive bind first makes "address in use" an error as usual (and
     // settles the port when the address asks for port 0).
