@@ -746,4 +746,96 @@ mod tests {
         assert_eq!(b.status().state, CircuitState::Closed);
         assert_eq!(b.status().requests_in_window, 0);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Call(Outcome),
+            CallCancelled,
+            Advance(u64),
+            ForceOpen,
+            ForceClose,
+            Reset,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => prop_oneof![Just(Outcome::Success), Just(Outcome::Failure), Just(Outcome::RateLimited)].prop_map(Op::Call),
+                1 => Just(Op::CallCancelled),
+                2 => (0u64..40).prop_map(Op::Advance),
+                1 => Just(Op::ForceOpen),
+                1 => Just(Op::ForceClose),
+                1 => Just(Op::Reset),
+            ]
+        }
+
+        proptest! {
+            /// Whatever happens: an open circuit refuses until its recovery
+            /// time; at most one probe is out at a time; a successful probe
+            /// closes the circuit and a failed one opens it; a closed circuit
+            /// admits everything.
+            #[test]
+            fn the_state_machine_keeps_its_promises(ops in proptest::collection::vec(op(), 1..200)) {
+                let (b, clock) = breaker(BreakerConfig {
+                    consecutive_failures: 3,
+                    min_requests: 5,
+                    window: Duration::from_secs(10),
+                    recovery_window: Duration::from_secs(5),
+                    recovery_backoff_max: Duration::from_secs(20),
+                    ..BreakerConfig::default()
+                });
+                for op in ops {
+                    match op {
+                        Op::Advance(s) => clock.advance(Duration::from_secs(s)),
+                        Op::ForceOpen => { b.force_open(); prop_assert_eq!(b.state(), CircuitState::Open); }
+                        Op::ForceClose => { b.force_close(); prop_assert_eq!(b.state(), CircuitState::Closed); }
+                        Op::Reset => { b.reset(); prop_assert_eq!(b.status().requests_in_window, 0); }
+                        Op::CallCancelled => {
+                            let a = b.admit();
+                            b.release(&a);
+                            if a == Admission::Probe {
+                                let again = b.admit();
+                                prop_assert_eq!(&again, &Admission::Probe, "a released probe frees its slot");
+                                b.release(&again);
+                            }
+                        }
+                        Op::Call(outcome) => {
+                            let before = b.status();
+                            let a = b.admit();
+                            match before.state {
+                                CircuitState::Closed => prop_assert_eq!(&a, &Admission::Go),
+                                CircuitState::Open => {
+                                    let due = before.recovery_at.is_some_and(|t| clock.now() >= t);
+                                    prop_assert_eq!(&a, if due { &Admission::Probe } else { &Admission::Refuse });
+                                }
+                                CircuitState::HalfOpen => {}
+                            }
+                            if a == Admission::Probe {
+                                prop_assert_eq!(b.admit(), Admission::Refuse, "one probe at a time");
+                            }
+                            if a != Admission::Refuse {
+                                b.record(&a, outcome);
+                                if a == Admission::Probe {
+                                    let want = match outcome {
+                                        Outcome::Success => CircuitState::Closed,
+                                        Outcome::Failure => CircuitState::Open,
+                                        Outcome::RateLimited => CircuitState::HalfOpen,
+                                    };
+                                    prop_assert_eq!(b.state(), want);
+                                }
+                            }
+                            if b.state() == CircuitState::Open {
+                                let s = b.status();
+                                prop_assert!(s.recovery_at.is_some() && s.opened_at.is_some());
+                                prop_assert!(s.recovery_at.unwrap() <= clock.now() + Duration::from_secs(20), "backoff is capped");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
