@@ -525,3 +525,76 @@ fn status_and_providers_against_a_running_server() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("cannot reach"), "{stderr}");
 }
+
+#[test]
+fn management_endpoints_can_have_their_own_address() {
+    let dir = std::env::temp_dir().join(format!("infermux-mgmt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("infermux.yml");
+    std::fs::write(
+        &config,
+        "management_listen: \"127.0.0.1:0\"\nproviders:\n  - name: echo\n    type: echo\n",
+    )
+    .unwrap();
+    let mut served = Served::start(
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let management = loop {
+        let found = served
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l["message"] == "management endpoints listening")
+            .cloned();
+        if let Some(line) = found {
+            break line["addr"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no management listener logged");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let status = |url: String| {
+            let client = client.clone();
+            async move { client.get(url).send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(
+            status(format!("http://{management}/_infermux/status")).await,
+            200
+        );
+        assert_eq!(
+            status(format!("http://{management}/_infermux/metrics")).await,
+            200
+        );
+        assert_eq!(
+            status(format!("http://{}/_infermux/status", served.addr)).await,
+            404,
+            "not on the API address"
+        );
+        assert_eq!(
+            status(format!("http://{}/_infermux/health", served.addr)).await,
+            200
+        );
+        assert_eq!(
+            status(format!("http://{management}/infer")).await,
+            404,
+            "no API on the management address"
+        );
+    });
+    drop(rt);
+    assert_eq!(post_infer(&served.addr)["content"], "echo: Hello");
+    assert_eq!(served.terminate(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -46,11 +46,36 @@ pub fn app(router: Router) -> axum::Router {
 /// The HTTP application with the management endpoints behind a bearer token
 /// (`INFERMUX_MANAGEMENT_TOKEN`) when `management_token` is set.
 pub fn app_with_token(router: Router, management_token: Option<String>) -> axum::Router {
-    let state = Arc::new(AppState {
+    let state = state(router, management_token);
+    finish(api_routes().merge(management_routes()), state)
+}
+
+/// The HTTP application split in two: the API (with `/_infermux/health`), and
+/// the management endpoints, to be served on their own address
+/// (`management_listen`).
+pub fn split_apps(
+    router: Router,
+    management_token: Option<String>,
+) -> (axum::Router, axum::Router) {
+    let state = state(router, management_token);
+    let management = axum::Router::new()
+        .route("/_infermux/health", get(routes::health))
+        .merge(management_routes());
+    (
+        finish(api_routes(), state.clone()),
+        finish(management, state),
+    )
+}
+
+fn state(router: Router, management_token: Option<String>) -> Arc<AppState> {
+    Arc::new(AppState {
         router,
         management_token: management_token.filter(|t| !t.is_empty()),
         started: std::time::Instant::now(),
-    });
+    })
+}
+
+fn api_routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/mist", post(routes::mist))
         .route("/infer", post(routes::infer))
@@ -59,6 +84,10 @@ pub fn app_with_token(router: Router, management_token: Option<String>) -> axum:
         .route("/v1/models", get(openai::models))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/_infermux/health", get(routes::health))
+}
+
+fn management_routes() -> axum::Router<Arc<AppState>> {
+    axum::Router::new()
         .route("/_infermux/status", get(management::status))
         .route("/_infermux/providers", get(management::providers))
         .route("/_infermux/metrics", get(management::metrics))
@@ -66,6 +95,10 @@ pub fn app_with_token(router: Router, management_token: Option<String>) -> axum:
             "/_infermux/providers/{name}/circuit/{action}",
             post(management::circuit),
         )
+}
+
+fn finish(routes: axum::Router<Arc<AppState>>, state: Arc<AppState>) -> axum::Router {
+    routes
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

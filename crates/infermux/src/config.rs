@@ -249,6 +249,8 @@ pub struct Price {
 pub struct Config {
     pub listen: Option<String>,
     pub grpc_listen: Option<String>,
+    /// Serve `/_infermux/*` (but `health`) here instead of on `listen`.
+    pub management_listen: Option<String>,
     pub tokentrace: Option<String>,
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
@@ -264,6 +266,7 @@ pub struct Config {
 struct RawConfig {
     listen: Option<String>,
     grpc_listen: Option<String>,
+    management_listen: Option<String>,
     tokentrace: Option<String>,
     #[serde(default)]
     providers: Vec<RawProvider>,
@@ -986,6 +989,7 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
     };
     let listen = addr("listen", raw.listen);
     let grpc_listen = addr("grpc_listen", raw.grpc_listen);
+    let management_listen = addr("management_listen", raw.management_listen);
     let tokentrace = match raw.tokentrace {
         Some(t) if !t.is_empty() => match check_url(&t) {
             Ok(u) => Some(u),
@@ -1000,6 +1004,7 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
     Config {
         listen,
         grpc_listen,
+        management_listen,
         tokentrace,
         providers,
         routing,
