@@ -73,6 +73,9 @@ pub struct BreakerConfig {
     pub recovery_backoff_max: Duration,
     /// Count upstream 429s as failures.
     pub treat_rate_limit_as_error: bool,
+    /// Open when the p95 latency of the window's recent calls exceeds this
+    /// (once `min_requests` were seen); checked every 16th call.
+    pub latency_p95_ms: Option<u64>,
 }
 
 impl Default for BreakerConfig {
@@ -86,6 +89,7 @@ impl Default for BreakerConfig {
             recovery_backoff_multiplier: 2.0,
             recovery_backoff_max: Duration::from_secs(300),
             treat_rate_limit_as_error: false,
+            latency_p95_ms: None,
         }
     }
 }
@@ -173,6 +177,8 @@ struct Inner {
     /// and how many successes fed it (for `least_latency` routing).
     ewma_ms: f64,
     ewma_samples: u32,
+    /// Calls recorded while closed, to space out the p95 check.
+    recorded: u32,
 }
 
 /// One provider's circuit breaker.
@@ -230,6 +236,7 @@ impl Breaker {
                 next_latency: 0,
                 ewma_ms: 0.0,
                 ewma_samples: 0,
+                recorded: 0,
             }),
             name: Arc::from(""),
             listeners: Listeners::default(),
@@ -375,6 +382,14 @@ impl Breaker {
             } else {
                 inner.consecutive = 0;
             }
+            inner.recorded = inner.recorded.wrapping_add(1);
+            if inner.state == CircuitState::Closed
+                && inner.recorded % 16 == 0
+                && let Some(limit) = self.config.latency_p95_ms
+                && self.slow(&inner, now, limit)
+            {
+                self.open(&mut inner, now);
+            }
         }
         self.changed(before, inner.state);
         (inner.state != before).then_some(inner.state)
@@ -468,6 +483,23 @@ impl Breaker {
         inner.recovery_at = Some(now + wait);
         inner.reopenings = inner.reopenings.saturating_add(1);
         inner.consecutive = 0;
+    }
+
+    /// Whether the p95 of the window's recent latencies exceeds `limit_ms`,
+    /// once enough calls were seen.
+    fn slow(&self, inner: &Inner, now: Instant, limit_ms: u64) -> bool {
+        let since = now.checked_sub(self.config.window);
+        let mut recent: Vec<u64> = inner
+            .latencies
+            .iter()
+            .filter(|(t, _)| since.is_none_or(|s| *t > s))
+            .map(|(_, ms)| *ms)
+            .collect();
+        if recent.len() < self.config.min_requests as usize || recent.is_empty() {
+            return false;
+        }
+        recent.sort_unstable();
+        recent[(recent.len() * 95).div_ceil(100) - 1] > limit_ms
     }
 
     fn second(&self, now: Instant) -> u64 {
@@ -634,6 +666,29 @@ mod tests {
         fail(&b);
         clock.advance(Duration::from_secs(10));
         assert_eq!(b.admit(), Admission::Probe, "a success resets the backoff");
+    }
+
+    #[test]
+    fn opens_when_the_p95_latency_is_too_high() {
+        let (b, _) = breaker(BreakerConfig {
+            latency_p95_ms: Some(100),
+            min_requests: 10,
+            ..BreakerConfig::default()
+        });
+        for _ in 0..16 {
+            b.observe(Duration::from_millis(50));
+            succeed(&b);
+        }
+        assert_eq!(b.state(), CircuitState::Closed, "fast enough");
+        let mut opened = false;
+        for _ in 0..32 {
+            b.observe(Duration::from_millis(500));
+            opened |= succeed(&b) == Some(CircuitState::Open);
+            if opened {
+                break;
+            }
+        }
+        assert!(opened, "slow successes open the circuit");
     }
 
     #[test]

@@ -318,6 +318,7 @@ struct RawBreaker {
     recovery_backoff_multiplier: Option<f64>,
     recovery_backoff_max: Option<String>,
     treat_rate_limit_as_error: Option<bool>,
+    latency_p95_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -684,6 +685,13 @@ fn breaker_config(
     );
     if let Some(b) = raw.treat_rate_limit_as_error {
         c.treat_rate_limit_as_error = b;
+    }
+    match raw.latency_p95_ms {
+        None => {}
+        Some(n) if n >= 1 => c.latency_p95_ms = Some(n as u64),
+        Some(n) => errors.push(format!(
+            "{at}.latency_p95_ms: {n} must be a whole number ≥ 1"
+        )),
     }
     c
 }

@@ -30,7 +30,10 @@ pub struct Metrics {
     cost: Family<Labels, Counter<f64, AtomicU64>>,
     fallbacks: Counter,
     circuit: Family<Labels, Gauge>,
-    spans_dropped: Gauge,
+    spans_dropped: Counter,
+    /// The sink's drop count at the last scrape (the counter grows by the
+    /// difference).
+    spans_dropped_seen: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -63,7 +66,7 @@ impl Metrics {
         let cost = Family::<Labels, Counter<f64, AtomicU64>>::default();
         let fallbacks = Counter::default();
         let circuit = Family::<Labels, Gauge>::default();
-        let spans_dropped = Gauge::default();
+        let spans_dropped = Counter::default();
         registry.register(
             "infermux_requests",
             "Routed calls, by provider, model and status (ok or the error code)",
@@ -108,6 +111,7 @@ impl Metrics {
             fallbacks,
             circuit,
             spans_dropped,
+            spans_dropped_seen: AtomicU64::new(0),
         }
     }
 
@@ -164,8 +168,12 @@ impl Metrics {
                 .get_or_create(&vec![("provider", e.name.to_string())])
                 .set(v);
         }
-        self.spans_dropped
-            .set(i64::try_from(spans_dropped).unwrap_or(i64::MAX));
+        let seen = self
+            .spans_dropped_seen
+            .fetch_max(spans_dropped, std::sync::atomic::Ordering::Relaxed);
+        if spans_dropped > seen {
+            self.spans_dropped.inc_by(spans_dropped - seen);
+        }
         let mut out = String::with_capacity(4096);
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -257,7 +265,7 @@ mod tests {
             r#"infermux_tokens_total{provider="openai",model="gpt-4o",direction="output"} 8"#,
             r#"infermux_cost_usd_total{provider="openai",model="gpt-4o"} 1.0"#,
             "infermux_fallbacks_total 1",
-            "infermux_spans_dropped 7",
+            "infermux_spans_dropped_total 7",
             r#"infermux_request_duration_seconds_count{provider="openai",model="gpt-4o"} 2"#,
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
