@@ -384,7 +384,7 @@ impl Breaker {
             }
             inner.recorded = inner.recorded.wrapping_add(1);
             if inner.state == CircuitState::Closed
-                && inner.recorded % 16 == 0
+                && inner.recorded.is_multiple_of(16)
                 && let Some(limit) = self.config.latency_p95_ms
                 && self.slow(&inner, now, limit)
             {
