@@ -28,6 +28,16 @@ pub struct CallContext<'a> {
 }
 
 impl CallContext<'_> {
+    /// The same context for a provider receiving `model`.
+    pub fn with_model(self, model: &str) -> CallContext<'_> {
+        CallContext {
+            model,
+            trace: self.trace,
+            span_id: self.span_id,
+            deadline: self.deadline,
+        }
+    }
+
     /// The W3C `traceparent` header value for calls this provider makes.
     pub fn traceparent(&self) -> String {
         self.trace.traceparent_for(self.span_id)

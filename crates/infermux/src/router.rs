@@ -230,6 +230,49 @@ impl Router {
         ctx: &RequestContext,
         span: &mut PendingSpan,
     ) -> Result<Routed, Error> {
+        let (route, mut response, strategy, group) = self
+            .attempt(req, ctx, span, |route, cctx| async move {
+                let cctx = cctx.with_model(&route.upstream_model);
+                route.provider.infer(&cctx, req).await
+            })
+            .await?;
+        if let Some(limiter) = &route.limiter {
+            limiter.add_tokens(response.tokens_in + response.tokens_out);
+        }
+        response.cost_usd = self.cost(
+            &route,
+            response.tokens_in,
+            response.tokens_out,
+            response.cost_usd,
+        );
+        response.model = caller_model(req, &route);
+        response.provider = route.provider_name.to_string();
+        response.latency_ms = elapsed_ms(span.started);
+        Ok(Routed {
+            response,
+            upstream_model: route.upstream_model,
+            trace: span.trace,
+            span_id: span.span_id,
+            strategy,
+            route_group: group,
+        })
+    }
+
+    /// Tries the planned providers in order: each gets a permit from its
+    /// breaker and rate limits, one call (`call`, within what is left of the
+    /// caller's deadline, panics caught), and its outcome recorded; a retryable
+    /// failure moves to the next. Returns the route that answered.
+    async fn attempt<T, F, Fut>(
+        &self,
+        req: &InferRequest,
+        ctx: &RequestContext,
+        span: &mut PendingSpan,
+        mut call: F,
+    ) -> Result<(Route, T, Strategy, Option<Arc<str>>), Error>
+    where
+        F: FnMut(Route, CallContext<'static>) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
         let Plan {
             routes,
             strategy,
@@ -239,53 +282,32 @@ impl Router {
         let mut attempts = 0;
         let mut last_error = None;
         let mut limited = false;
-        for (i, route) in routes.into_iter().enumerate() {
-            let Some(permit) = Permit::acquire(&route, &mut limited) else {
+        for (i, route) in routes.iter().enumerate() {
+            let Some(permit) = Permit::acquire(route, &mut limited) else {
                 continue;
             };
             attempts += 1;
-            span.note_attempt(&route, attempts);
-            let cctx = span.call_context(&route, ctx);
-            let call = AssertUnwindSafe(route.provider.infer(&cctx, req)).catch_unwind();
-            let attempt_started = Instant::now();
-            let outcome = match with_deadline(span.remaining(ctx), &route, call).await {
+            span.note_attempt(route, attempts);
+            let cctx = span.call_context_detached(ctx);
+            let fut = AssertUnwindSafe(call(route.clone(), cctx)).catch_unwind();
+            let started = Instant::now();
+            let outcome = match with_deadline(span.remaining(ctx), route, fut).await {
                 Err(e) => Err(permit.caller_gave_up(e)),
                 Ok(done) => permit.record(
-                    done.map_err(|_| panicked(&route))
+                    done.map_err(|_| panicked(route))
                         .and_then(|r| r.map_err(Error::from)),
-                    attempt_started,
+                    started,
                     self.ewma_decay,
                 ),
             };
-            let mut response = match outcome {
-                Ok(response) => response,
+            match outcome {
+                Ok(value) => return Ok((route.clone(), value, strategy, group)),
                 Err(e) if i + 1 < count && span.may_retry(&e, ctx) => {
                     tracing::debug!(provider = %route.provider_name, error = %e, "attempt failed; trying the next provider");
                     last_error = Some(e);
-                    continue;
                 }
                 Err(e) => return Err(e),
-            };
-            if let Some(limiter) = &route.limiter {
-                limiter.add_tokens(response.tokens_in + response.tokens_out);
             }
-            response.cost_usd = self.cost(
-                &route,
-                response.tokens_in,
-                response.tokens_out,
-                response.cost_usd,
-            );
-            response.model = caller_model(req, &route);
-            response.provider = route.provider_name.to_string();
-            response.latency_ms = elapsed_ms(span.started);
-            return Ok(Routed {
-                response,
-                upstream_model: route.upstream_model,
-                trace: span.trace,
-                span_id: span.span_id,
-                strategy,
-                route_group: group,
-            });
         }
         Err(last_error.unwrap_or_else(|| no_eligible_provider(req, limited)))
     }
@@ -345,49 +367,17 @@ impl Router {
         let deadline = ctx.timeout.map(|t| Instant::now() + t);
         // Fallback is possible until the first chunk: each attempt opens the
         // stream and waits for its first item before committing to it.
-        let opened = async {
-            let Plan { routes, strategy, group } = self.prepare(req, &mut span)?;
-            let count = routes.len();
-            let mut attempts = 0;
-            let mut last_error = None;
-            let mut limited = false;
-            for (i, route) in routes.into_iter().enumerate() {
-                let Some(permit) = Permit::acquire(&route, &mut limited) else {
-                    continue;
-                };
-                attempts += 1;
-                span.note_attempt(&route, attempts);
-                let cctx = span.call_context(&route, ctx);
-                let open = async {
-                    let mut inner = route.provider.infer_stream(&cctx, req).await?;
-                    let first = futures_util::StreamExt::next(&mut inner).await;
-                    match first {
-                        Some(Err(e)) => Err(e),
-                        first => Ok((inner, first)),
-                    }
-                };
-                let open = AssertUnwindSafe(open).catch_unwind();
-                let attempt_started = Instant::now();
-                let outcome = match with_deadline(span.remaining(ctx), &route, open).await {
-                    Err(e) => Err(permit.caller_gave_up(e)),
-                    Ok(done) => permit.record(
-                        done.map_err(|_| panicked(&route)).and_then(|r| r.map_err(Error::from)),
-                        attempt_started,
-                        self.ewma_decay,
-                    ),
-                };
-                match outcome {
-                    Ok((inner, first)) => return Ok((route, inner, first, strategy, group)),
-                    Err(e) if i + 1 < count && span.may_retry(&e, ctx) => {
-                        tracing::debug!(provider = %route.provider_name, error = %e, "stream attempt failed; trying the next provider");
-                        last_error = Some(e);
-                    }
-                    Err(e) => return Err(e),
+        let opened = self
+            .attempt(req, ctx, &mut span, |route, cctx| async move {
+                let cctx = cctx.with_model(&route.upstream_model);
+                let mut inner = route.provider.infer_stream(&cctx, req).await?;
+                match futures_util::StreamExt::next(&mut inner).await {
+                    Some(Err(e)) => Err(e),
+                    first => Ok((inner, first)),
                 }
-            }
-            Err(last_error.unwrap_or_else(|| no_eligible_provider(req, limited)))
-        }
-        .await;
+            })
+            .await
+            .map(|(route, (inner, first), strategy, group)| (route, inner, first, strategy, group));
         match opened {
             Ok((route, inner, first, strategy, route_group)) => Ok(RoutedStream {
                 strategy,
@@ -705,6 +695,16 @@ impl PendingSpan {
             started: Instant::now(),
             reported: false,
             deadline: ctx.timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// The call context without a model yet (the attempt sets it).
+    fn call_context_detached(&self, ctx: &RequestContext) -> CallContext<'static> {
+        CallContext {
+            model: "",
+            trace: self.trace,
+            span_id: self.span_id,
+            deadline: ctx.timeout.map(|t| self.started + t),
         }
     }
 
