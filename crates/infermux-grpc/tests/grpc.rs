@@ -404,7 +404,7 @@ async fn grpc_calls_report_spans_continuing_the_callers_trace() {
         "4bf92f3577b34da6a3ce929d0e0e4736"
     );
     assert_eq!(spans[0].parent_id.unwrap().to_string(), "00f067aa0ba902b7");
-    assert_eq!(spans[0].attrs.provider, "echo");
+    assert_eq!(&*spans[0].attrs.provider, "echo");
     assert_eq!(spans[1].attrs.error_code, Some("model_not_found"));
 }
 

@@ -181,7 +181,7 @@ async fn openai_requests_and_responses_translate_field_by_field() {
 
     let span = &gw.spans.spans()[0];
     assert_eq!(
-        (span.attrs.provider.as_str(), span.attrs.model.as_str()),
+        (&*span.attrs.provider, &*span.attrs.model),
         ("openai", "gpt-4o-mini")
     );
     assert_eq!((span.attrs.tokens_in, span.attrs.tokens_out), (11, 7));
@@ -903,10 +903,7 @@ routing:
     assert_eq!(headers["x-infermux-provider"], "backup");
     assert_eq!((primary.seen().len(), backup.seen().len()), (1, 1));
     let span = gw.spans.spans().pop().unwrap();
-    assert_eq!(
-        (span.attrs.provider.as_str(), span.attrs.attempts),
-        ("backup", 3)
-    );
+    assert_eq!((&*span.attrs.provider, span.attrs.attempts), ("backup", 3));
 
     // Streams fall back too, before their first byte.
     backup.always(Reply::Sse(openai_stream_events()));

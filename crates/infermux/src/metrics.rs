@@ -19,15 +19,21 @@ use crate::breaker::CircuitState;
 use crate::registry::Registry;
 use crate::trace::{SpanSink, SpanStatus, TraceSpan};
 
+/// Labels that cost no allocation per call: the span's `Arc<str>` names.
 type Labels = Vec<(&'static str, String)>;
+type CallLabels = [(&'static str, Arc<str>); 2];
+type StatusLabels = (
+    [(&'static str, Arc<str>); 2],
+    [(&'static str, &'static str); 1],
+);
 
 /// The metrics of one router.
 pub struct Metrics {
     registry: prometheus_client::registry::Registry,
-    requests: Family<Labels, Counter>,
-    duration: Family<Labels, Histogram>,
-    tokens: Family<Labels, Counter>,
-    cost: Family<Labels, Counter<f64, AtomicU64>>,
+    requests: Family<StatusLabels, Counter>,
+    duration: Family<CallLabels, Histogram>,
+    tokens: Family<StatusLabels, Counter>,
+    cost: Family<CallLabels, Counter<f64, AtomicU64>>,
     fallbacks: Counter,
     circuit: Family<Labels, Gauge>,
     spans_dropped: Counter,
@@ -58,12 +64,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = prometheus_client::registry::Registry::default();
-        let requests = Family::<Labels, Counter>::default();
-        let duration = Family::<Labels, Histogram>::new_with_constructor(
+        let requests = Family::<StatusLabels, Counter>::default();
+        let duration = Family::<CallLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
-        let tokens = Family::<Labels, Counter>::default();
-        let cost = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        let tokens = Family::<StatusLabels, Counter>::default();
+        let cost = Family::<CallLabels, Counter<f64, AtomicU64>>::default();
         let fallbacks = Counter::default();
         let circuit = Family::<Labels, Gauge>::default();
         let spans_dropped = Counter::default();
@@ -116,36 +122,33 @@ impl Metrics {
     }
 
     fn observe(&self, span: &TraceSpan) {
+        static NONE: std::sync::LazyLock<(Arc<str>, Arc<str>)> =
+            std::sync::LazyLock::new(|| (Arc::from("none"), Arc::from("unknown")));
         let a = &span.attrs;
-        let provider = if a.provider.is_empty() {
-            "none".to_owned()
+        let (provider, model) = if a.provider.is_empty() {
+            (NONE.0.clone(), NONE.1.clone())
         } else {
-            a.provider.clone()
-        };
-        let model = if a.provider.is_empty() {
-            "unknown".to_owned()
-        } else {
-            a.model.clone()
+            (a.provider.clone(), a.model.clone())
         };
         let status = match span.status {
             SpanStatus::Ok => "ok",
             SpanStatus::Error => a.error_code.unwrap_or("error"),
         };
-        let pm: Labels = vec![("provider", provider), ("model", model)];
-        let mut with_status = pm.clone();
-        with_status.push(("status", status.to_owned()));
-        self.requests.get_or_create(&with_status).inc();
+        let pm: CallLabels = [("provider", provider), ("model", model)];
+        self.requests
+            .get_or_create(&(pm.clone(), [("status", status)]))
+            .inc();
         let seconds = span.end_ns.saturating_sub(span.start_ns) as f64 / 1e9;
         self.duration.get_or_create(&pm).observe(seconds);
         if a.tokens_in > 0 {
-            let mut l = pm.clone();
-            l.push(("direction", "input".to_owned()));
-            self.tokens.get_or_create(&l).inc_by(a.tokens_in);
+            self.tokens
+                .get_or_create(&(pm.clone(), [("direction", "input")]))
+                .inc_by(a.tokens_in);
         }
         if a.tokens_out > 0 {
-            let mut l = pm.clone();
-            l.push(("direction", "output".to_owned()));
-            self.tokens.get_or_create(&l).inc_by(a.tokens_out);
+            self.tokens
+                .get_or_create(&(pm.clone(), [("direction", "output")]))
+                .inc_by(a.tokens_out);
         }
         if a.cost_usd > 0.0 {
             self.cost.get_or_create(&pm).inc_by(a.cost_usd);

@@ -324,8 +324,8 @@ impl Router {
                 return Err(Error::invalid("input: must contain at least one text"));
             }
             let route = self.registry.resolve(&req.model, &req.provider)?;
-            span.attrs.provider = route.provider_name.to_string();
-            span.attrs.model = route.upstream_model.to_string();
+            span.attrs.provider = route.provider_name.clone();
+            span.attrs.model = route.upstream_model.clone();
             let cctx = span.call_context(&route, ctx);
             let call = AssertUnwindSafe(route.provider.embed(&cctx, req)).catch_unwind();
             let mut resp = with_deadline(ctx.timeout, &route, call)
@@ -686,7 +686,7 @@ impl PendingSpan {
         PendingSpan {
             sink,
             attrs: SpanAttrs {
-                model: crate::validate::truncate(model, 256).to_owned(),
+                model: Arc::from(crate::validate::truncate(model, 256)),
                 ..SpanAttrs::default()
             },
             trace: ctx.trace.unwrap_or_else(TraceContext::new_root),
@@ -720,10 +720,8 @@ impl PendingSpan {
     /// Records that attempt `n` goes to `route` (the span names the provider
     /// that finally served, or failed last).
     fn note_attempt(&mut self, route: &Route, n: u32) {
-        self.attrs.provider.clear();
-        self.attrs.provider.push_str(&route.provider_name);
-        self.attrs.model.clear();
-        self.attrs.model.push_str(&route.upstream_model);
+        self.attrs.provider = route.provider_name.clone();
+        self.attrs.model = route.upstream_model.clone();
         self.attrs.attempts = n;
     }
 
@@ -943,7 +941,7 @@ mod tests {
         assert_eq!(s.parent_id, trace.and_then(|t| t.parent_id));
         assert_eq!(s.span_id, routed.span_id);
         assert_eq!((s.attrs.tokens_in, s.attrs.tokens_out), (1, 2));
-        assert_eq!(s.attrs.provider, "echo");
+        assert_eq!(&*s.attrs.provider, "echo");
         assert!(s.start_ns <= s.end_ns);
     }
 
@@ -971,7 +969,7 @@ mod tests {
                 .iter()
                 .all(|s| s.status == SpanStatus::Error && s.attrs.error.is_some())
         );
-        assert_eq!(spans[1].attrs.model, "nope");
+        assert_eq!(&*spans[1].attrs.model, "nope");
         assert_eq!(spans[1].attrs.error_code, Some("model_not_found"));
     }
 
@@ -1091,7 +1089,7 @@ mod tests {
             let spans = sink.spans();
             assert_eq!(spans.len(), 1, "one span per call, whatever the attempts");
             assert_eq!(
-                (spans[0].attrs.provider.as_str(), spans[0].attrs.attempts),
+                (&*spans[0].attrs.provider, spans[0].attrs.attempts),
                 ("b", 2)
             );
         }
@@ -1148,7 +1146,7 @@ mod tests {
         assert_eq!((a.started(), b.started()), (1, 1));
         assert_eq!(
             (
-                sink.spans()[0].attrs.provider.as_str(),
+                &*sink.spans()[0].attrs.provider,
                 sink.spans()[0].attrs.attempts
             ),
             ("b", 2)

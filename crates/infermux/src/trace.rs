@@ -149,8 +149,8 @@ pub enum SpanStatus {
 /// What a span says about the call.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SpanAttrs {
-    pub provider: String,
-    pub model: String,
+    pub provider: std::sync::Arc<str>,
+    pub model: std::sync::Arc<str>,
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub cost_usd: f64,
