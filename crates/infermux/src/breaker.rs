@@ -291,13 +291,37 @@ impl Breaker {
         }
     }
 
+    /// Everything a finished call tells the breaker, under one lock: its
+    /// latency (status reports, the p95 check), the moving average when it
+    /// succeeded (`ewma_decay` given), and its outcome. Returns the new state
+    /// when it changed.
+    pub fn complete(
+        &self,
+        admission: &Admission,
+        outcome: Outcome,
+        latency: Duration,
+        ewma_decay: Option<f64>,
+    ) -> Option<CircuitState> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        self.note_latency(&mut inner, now, latency);
+        if let Some(decay) = ewma_decay {
+            Self::note_success(&mut inner, latency, decay);
+        }
+        self.record_locked(&mut inner, now, admission, outcome)
+    }
+
     /// Records how long a call took (for status reports: p95, requests per
     /// minute), whatever its outcome.
     pub fn observe(&self, latency: Duration) {
         let now = self.clock.now();
+        let mut inner = self.lock();
+        self.note_latency(&mut inner, now, latency);
+    }
+
+    fn note_latency(&self, inner: &mut Inner, now: Instant, latency: Duration) {
         let second = self.second(now);
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
-        let mut inner = self.lock();
         let bucket = &mut inner.minute[(second % 60) as usize];
         if bucket.second != second {
             *bucket = Bucket {
@@ -319,8 +343,11 @@ impl Breaker {
     /// Feeds a successful call's latency into the moving average: `decay` is
     /// the weight of the newest sample (0 < decay ≤ 1).
     pub fn observe_success(&self, latency: Duration, decay: f64) {
+        Self::note_success(&mut self.lock(), latency, decay);
+    }
+
+    fn note_success(inner: &mut Inner, latency: Duration, decay: f64) {
         let ms = latency.as_secs_f64() * 1000.0;
-        let mut inner = self.lock();
         inner.ewma_ms = if inner.ewma_samples == 0 {
             ms
         } else {
@@ -339,6 +366,17 @@ impl Breaker {
     /// changed.
     pub fn record(&self, admission: &Admission, outcome: Outcome) -> Option<CircuitState> {
         let now = self.clock.now();
+        let mut inner = self.lock();
+        self.record_locked(&mut inner, now, admission, outcome)
+    }
+
+    fn record_locked(
+        &self,
+        inner: &mut Inner,
+        now: Instant,
+        admission: &Admission,
+        outcome: Outcome,
+    ) -> Option<CircuitState> {
         let failed = match outcome {
             Outcome::Success => false,
             Outcome::Failure => true,
@@ -346,17 +384,16 @@ impl Breaker {
             Outcome::RateLimited => {
                 // Neither healthy nor broken: a probe gets another chance.
                 if *admission == Admission::Probe {
-                    self.lock().probing = false;
+                    inner.probing = false;
                 }
                 return None;
             }
         };
-        let mut inner = self.lock();
         let before = inner.state;
         if *admission == Admission::Probe {
             inner.probing = false;
             if failed {
-                self.open(&mut inner, now);
+                self.open(inner, now);
             } else {
                 inner.state = CircuitState::Closed;
                 inner.consecutive = 0;
@@ -369,15 +406,15 @@ impl Breaker {
                     .for_each(|b| *b = Bucket::default());
             }
         } else if inner.state == CircuitState::Closed {
-            self.count(&mut inner, now, failed);
+            self.count(inner, now, failed);
             if failed {
                 inner.consecutive += 1;
-                let (requests, rate) = self.rate(&inner, now);
+                let (requests, rate) = self.rate(inner, now);
                 if inner.consecutive >= self.config.consecutive_failures
                     || (requests >= self.config.min_requests
                         && rate >= self.config.error_rate_threshold)
                 {
-                    self.open(&mut inner, now);
+                    self.open(inner, now);
                 }
             } else {
                 inner.consecutive = 0;
@@ -386,9 +423,9 @@ impl Breaker {
             if inner.state == CircuitState::Closed
                 && inner.recorded.is_multiple_of(16)
                 && let Some(limit) = self.config.latency_p95_ms
-                && self.slow(&inner, now, limit)
+                && self.slow(inner, now, limit)
             {
-                self.open(&mut inner, now);
+                self.open(inner, now);
             }
         }
         self.changed(before, inner.state);

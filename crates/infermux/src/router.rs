@@ -594,10 +594,6 @@ impl<'a> Permit<'a> {
         ewma_decay: f64,
     ) -> Result<T, Error> {
         let latency = started.elapsed();
-        self.route.breaker.observe(latency);
-        if result.is_ok() {
-            self.route.breaker.observe_success(latency, ewma_decay);
-        }
         let outcome = match &result {
             Ok(_) => Outcome::Success,
             Err(e) if e.kind() == ErrorKind::RateLimited => Outcome::RateLimited,
@@ -606,7 +602,12 @@ impl<'a> Permit<'a> {
             Err(_) => Outcome::Success,
         };
         if let Some(admission) = self.admission.take()
-            && let Some(state) = self.route.breaker.record(&admission, outcome)
+            && let Some(state) = self.route.breaker.complete(
+                &admission,
+                outcome,
+                latency,
+                result.is_ok().then_some(ewma_decay),
+            )
         {
             match state {
                 CircuitState::Open => {
