@@ -31,6 +31,7 @@ pub struct AnthropicProvider {
     name: String,
     models: Vec<String>,
     url: String,
+    models_url: String,
     api_key: String,
     timeout: Duration,
     clients: http::Clients,
@@ -55,6 +56,7 @@ impl AnthropicProvider {
             name: c.name.clone(),
             models: c.models.clone(),
             url: format!("{base}/v1/messages"),
+            models_url: format!("{base}/v1/models"),
             api_key: c
                 .api_key
                 .as_ref()
@@ -217,20 +219,14 @@ impl Provider for AnthropicProvider {
 
     /// Lists the models (`GET {base_url}/v1/models`).
     async fn health_check(&self) -> Result<(), ProviderError> {
-        let url = self.url.replace("/v1/messages", "/v1/models");
         let req = self
             .clients
             .get()?
-            .get(url)
+            .get(&self.models_url)
             .timeout(self.timeout)
             .header("x-api-key", &self.api_key)
             .header("anthropic-version", API_VERSION);
-        let resp = http::send(req, &self.name).await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(http::error_from(resp, &self.name).await)
-        }
+        http::call_ok(req, &self.name).await
     }
 
     async fn infer(

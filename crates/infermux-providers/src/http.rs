@@ -139,6 +139,16 @@ pub async fn call_json<T: serde::de::DeserializeOwned>(
     json_body(resp, provider).await
 }
 
+/// Sends `req` and wants any 2xx answer (health checks).
+pub async fn call_ok(req: reqwest::RequestBuilder, provider: &str) -> Result<(), ProviderError> {
+    let resp = send(req, provider).await?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(error_from(resp, provider).await)
+    }
+}
+
 /// Sends a streaming `req` and checks that a 2xx event stream comes back.
 pub async fn call_stream(
     req: reqwest::RequestBuilder,

@@ -368,12 +368,7 @@ impl Provider for OpenAiProvider {
         if let Some((name, value)) = &self.auth {
             req = req.header(name, value.clone());
         }
-        let resp = http::send(req, &self.name).await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(http::error_from(resp, &self.name).await)
-        }
+        http::call_ok(req, &self.name).await
     }
 
     async fn embed(

@@ -159,7 +159,9 @@ impl Error {
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             ErrorKind::ModelNotFound,
-            format!("no provider serves model \"{model}\""),
+            format!(
+                "no provider serves model \"{model}\" (GET /v1/models lists the models and aliases this router serves)"
+            ),
         )
     }
 

@@ -313,7 +313,7 @@ impl Registry {
                 return Err(Error::new(
                     ErrorKind::ModelNotFound,
                     format!(
-                        "unknown provider \"{}\"",
+                        "unknown provider \"{}\" (GET /providers lists them)",
                         crate::validate::truncate(provider, 128)
                     ),
                 ));
