@@ -230,8 +230,9 @@ impl Router {
         ctx: &RequestContext,
         span: &mut PendingSpan,
     ) -> Result<Routed, Error> {
+        let plan = self.prepare(req, span)?;
         let (route, mut response, strategy, group) = self
-            .attempt(req, ctx, span, |route, cctx| async move {
+            .attempt(plan, &req.model, ctx, span, |route, cctx| async move {
                 let cctx = cctx.with_model(&route.upstream_model);
                 route.provider.infer(&cctx, req).await
             })
@@ -264,7 +265,8 @@ impl Router {
     /// failure moves to the next. Returns the route that answered.
     async fn attempt<T, F, Fut>(
         &self,
-        req: &InferRequest,
+        plan: Plan,
+        model: &str,
         ctx: &RequestContext,
         span: &mut PendingSpan,
         mut call: F,
@@ -277,7 +279,7 @@ impl Router {
             routes,
             strategy,
             group,
-        } = self.prepare(req, span)?;
+        } = plan;
         let count = routes.len();
         let mut attempts = 0;
         let mut last_error = None;
@@ -309,7 +311,7 @@ impl Router {
                 Err(e) => return Err(e),
             }
         }
-        Err(last_error.unwrap_or_else(|| no_eligible_provider(req, limited)))
+        Err(last_error.unwrap_or_else(|| no_eligible_provider(model, limited)))
     }
 
     /// Routes one embeddings request, reporting one span like any other call.
@@ -323,15 +325,14 @@ impl Router {
             if req.input.is_empty() {
                 return Err(Error::invalid("input: must contain at least one text"));
             }
-            let route = self.registry.resolve(&req.model, &req.provider)?;
-            span.attrs.provider = route.provider_name.clone();
-            span.attrs.model = route.upstream_model.clone();
-            let cctx = span.call_context(&route, ctx);
-            let call = AssertUnwindSafe(route.provider.embed(&cctx, req)).catch_unwind();
-            let mut resp = with_deadline(ctx.timeout, &route, call)
-                .await?
-                .map_err(|_| panicked(&route))?
-                .map_err(Error::from)?;
+            let tokens = req.input.iter().map(|t| (t.len() / 4) as u64).sum();
+            let plan = self.plan(&req.model, &req.provider, tokens, &mut span)?;
+            let (route, mut resp, _, _) = self
+                .attempt(plan, &req.model, ctx, &mut span, |route, cctx| async move {
+                    let cctx = cctx.with_model(&route.upstream_model);
+                    route.provider.embed(&cctx, req).await
+                })
+                .await?;
             resp.cost_usd = self.cost(&route, resp.tokens_in, 0, resp.cost_usd);
             resp.model = if req.model.is_empty() || req.model == "auto" {
                 route.upstream_model.to_string()
@@ -367,17 +368,23 @@ impl Router {
         let deadline = ctx.timeout.map(|t| Instant::now() + t);
         // Fallback is possible until the first chunk: each attempt opens the
         // stream and waits for its first item before committing to it.
-        let opened = self
-            .attempt(req, ctx, &mut span, |route, cctx| async move {
-                let cctx = cctx.with_model(&route.upstream_model);
-                let mut inner = route.provider.infer_stream(&cctx, req).await?;
-                match futures_util::StreamExt::next(&mut inner).await {
-                    Some(Err(e)) => Err(e),
-                    first => Ok((inner, first)),
-                }
-            })
-            .await
-            .map(|(route, (inner, first), strategy, group)| (route, inner, first, strategy, group));
+        let plan = self.prepare(req, &mut span);
+        let opened = match plan {
+            Err(e) => Err(e),
+            Ok(plan) => self
+                .attempt(plan, &req.model, ctx, &mut span, |route, cctx| async move {
+                    let cctx = cctx.with_model(&route.upstream_model);
+                    let mut inner = route.provider.infer_stream(&cctx, req).await?;
+                    match futures_util::StreamExt::next(&mut inner).await {
+                        Some(Err(e)) => Err(e),
+                        first => Ok((inner, first)),
+                    }
+                })
+                .await
+                .map(|(route, (inner, first), strategy, group)| {
+                    (route, inner, first, strategy, group)
+                }),
+        };
         match opened {
             Ok((route, inner, first, strategy, route_group)) => Ok(RoutedStream {
                 strategy,
@@ -425,9 +432,27 @@ impl Router {
     /// Validates `req` and lists the providers it may go to, best first.
     fn prepare(&self, req: &InferRequest, span: &mut PendingSpan) -> Result<Plan, Error> {
         validate_request(req)?;
+        let tokens = req
+            .messages
+            .iter()
+            .map(|m| (m.content.len() / 4) as u64)
+            .sum::<u64>();
+        self.plan(&req.model, &req.provider, tokens, span)
+    }
+
+    /// The providers a request for `model` may go to, best first, by the
+    /// strategy (or its route group's); `prompt_tokens` is an estimate for
+    /// `cost_weighted`.
+    fn plan(
+        &self,
+        model: &str,
+        provider: &str,
+        prompt_tokens: u64,
+        span: &mut PendingSpan,
+    ) -> Result<Plan, Error> {
         // An explicit provider wins over groups.
-        let group = if req.provider.is_empty() {
-            self.groups.get(&req.model).cloned()
+        let group = if provider.is_empty() {
+            self.groups.get(model).cloned()
         } else {
             None
         };
@@ -437,11 +462,9 @@ impl Router {
             .unwrap_or(self.strategy);
         let mut routes = if strategy == Strategy::Priority && group.is_none() {
             self.registry
-                .candidates(&req.model, &req.provider, self.max_attempts)?
+                .candidates(model, provider, self.max_attempts)?
         } else {
-            let mut all = self
-                .registry
-                .candidates(&req.model, &req.provider, usize::MAX)?;
+            let mut all = self.registry.candidates(model, provider, usize::MAX)?;
             if let Some(g) = group.as_ref().filter(|g| !g.providers.is_empty()) {
                 all.retain(|r| g.providers.iter().any(|p| **p == *r.provider_name));
                 if all.is_empty() {
@@ -449,12 +472,12 @@ impl Router {
                         ErrorKind::ModelNotFound,
                         format!(
                             "no provider of route group \"{}\" serves model \"{}\"",
-                            g.name, req.model
+                            g.name, model
                         ),
                     ));
                 }
             }
-            self.order(&mut all, req, strategy);
+            self.order(&mut all, prompt_tokens, strategy);
             all
         };
         routes.truncate(self.max_attempts);
@@ -469,7 +492,7 @@ impl Router {
     }
 
     /// Puts the candidates in the order the strategy prefers.
-    fn order(&self, routes: &mut [Route], req: &InferRequest, strategy: Strategy) {
+    fn order(&self, routes: &mut [Route], prompt_tokens: u64, strategy: Strategy) {
         if routes.len() < 2 {
             return;
         }
@@ -495,12 +518,7 @@ impl Router {
             Strategy::CostWeighted => {
                 // The prompt's estimated input cost, in micro-dollars; an
                 // unknown price is 0. Each route is priced once.
-                let tokens: u64 = req
-                    .messages
-                    .iter()
-                    .map(|m| (m.content.len() / 4) as u64)
-                    .sum::<u64>()
-                    .max(1);
+                let tokens = prompt_tokens.max(1);
                 routes.sort_by_cached_key(|r| {
                     (self
                         .pricing
@@ -536,8 +554,8 @@ async fn with_deadline<F: Future>(
 
 /// Every candidate was skipped: 429 when rate limits did it (some may also be
 /// circuit-open), else 503.
-fn no_eligible_provider(req: &InferRequest, limited: bool) -> Error {
-    let model = crate::validate::truncate(&req.model, 128);
+fn no_eligible_provider(model: &str, limited: bool) -> Error {
+    let model = crate::validate::truncate(model, 128);
     if limited {
         Error::new(
             ErrorKind::RateLimited,
@@ -699,19 +717,10 @@ impl PendingSpan {
         }
     }
 
-    /// The call context without a model yet (the attempt sets it).
+    /// The call context without a model yet (each attempt sets its own).
     fn call_context_detached(&self, ctx: &RequestContext) -> CallContext<'static> {
         CallContext {
             model: "",
-            trace: self.trace,
-            span_id: self.span_id,
-            deadline: ctx.timeout.map(|t| self.started + t),
-        }
-    }
-
-    fn call_context<'a>(&self, route: &'a Route, ctx: &RequestContext) -> CallContext<'a> {
-        CallContext {
-            model: &route.upstream_model,
             trace: self.trace,
             span_id: self.span_id,
             deadline: ctx.timeout.map(|t| self.started + t),
@@ -1417,6 +1426,46 @@ mod tests {
         assert_eq!(
             heard.lock().unwrap().clone(),
             [("flaky".to_owned(), CircuitState::Open)]
+        );
+    }
+
+    #[tokio::test]
+    async fn embeddings_take_the_same_path_through_circuits_and_fallback() {
+        let registry = Registry::new();
+        for name in ["e1", "e2"] {
+            registry
+                .register(Arc::new(
+                    EchoProvider::new()
+                        .named(name)
+                        .with_models(vec!["emb".into()]),
+                ))
+                .unwrap();
+        }
+        let sink = Arc::new(RecordingSink::default());
+        let router = Router::new(Arc::new(registry), sink.clone());
+        let req = crate::types::EmbedRequest {
+            model: "emb".into(),
+            input: vec!["hello".into()],
+            ..Default::default()
+        };
+        router.registry().entries()[0].breaker.force_open();
+        let (resp, _) = router
+            .embed(&req, &RequestContext::default())
+            .await
+            .unwrap();
+        assert_eq!(resp.provider, "e2", "the open circuit is skipped");
+        assert_eq!(resp.embeddings.len(), 1);
+        router.registry().entries()[1].breaker.force_open();
+        let e = router
+            .embed(&req, &RequestContext::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoHealthyProviders);
+        assert_eq!(sink.spans().len(), 2, "one span per embeddings call too");
+        assert!(
+            router
+                .render_metrics()
+                .contains(r#"infermux_requests_total{provider="e2",model="emb",status="ok"} 1"#)
         );
     }
 
