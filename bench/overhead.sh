@@ -30,32 +30,41 @@ completion='{"id":"chatcmpl-mock","object":"chat.completion","created":1,"model"
 chunk() { printf 'data: {\\"id\\":\\"c\\",\\"object\\":\\"chat.completion.chunk\\",\\"created\\":1,\\"model\\":\\"bench-model\\",\\"choices\\":[{\\"index\\":0,\\"delta\\":{\\"content\\":\\"%s\\"},\\"finish_reason\\":%s}]}\\n\\n' "$1" "$2"; }
 sse="$(chunk 'Hello ' null)$(chunk 'from ' null)$(chunk 'the mock.' '\"stop\"')data: {\\\"id\\\":\\\"c\\\",\\\"object\\\":\\\"chat.completion.chunk\\\",\\\"created\\\":1,\\\"model\\\":\\\"bench-model\\\",\\\"choices\\\":[],\\\"usage\\\":{\\\"prompt_tokens\\\":9,\\\"completion_tokens\\\":3,\\\"total_tokens\\\":12}}\\n\\ndata: [DONE]\\n\\n"
 
-cat > "$out/nginx.conf" <<NGINX
+# The mock and the hop are separate nginx instances, so the hop, like
+# infermux, is a process of its own: with one instance, a hop worker often
+# proxied to its own mock listener and skipped the cross-process wake-up that
+# every infermux call pays.
+nginx_conf() { # name, server block
+  cat > "$out/nginx-$1.conf" <<NGINX
 daemon off;
 worker_processes auto;
 error_log stderr warn;
-pid $PWD/$out/nginx.pid;
-events { worker_connections 16384; }
+pid $PWD/$out/nginx-$1.pid;
+events { worker_connections 8192; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  upstream mock { server 127.0.0.1:18801; keepalive 128; }
+  $2
+}
+NGINX
+}
+nginx_conf mock "
   server {
     listen 127.0.0.1:18801 reuseport;
     location = /v1/chat/completions { default_type application/json; return 200 '$completion'; }
-    location = /sse/v1/chat/completions { default_type text/event-stream; return 200 "$sse"; }
-  }
+    location = /sse/v1/chat/completions { default_type text/event-stream; return 200 \"$sse\"; }
+  }"
+nginx_conf hop "
+  upstream mock { server 127.0.0.1:18801; keepalive 128; }
   server {
     listen 127.0.0.1:18802 reuseport;
     location / {
       proxy_pass http://mock;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
       proxy_buffering off;
     }
-  }
-}
-NGINX
+  }"
 
 cat > "$out/infermux.yml" <<YAML
 providers:
@@ -80,7 +89,8 @@ YAML
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-nginx -p "$PWD/$out" -c "$PWD/$out/nginx.conf" & pids+=($!)
+nginx -p "$PWD/$out" -c "$PWD/$out/nginx-mock.conf" & pids+=($!)
+nginx -p "$PWD/$out" -c "$PWD/$out/nginx-hop.conf" & pids+=($!)
 $bin/infermux-bench slow-upstream --addr 127.0.0.1:18804 & pids+=($!)
 $bin/infermux serve --addr 127.0.0.1:18803 --config "$out/infermux.yml" --log-level warn 2>"$out/infermux.log" & imx=$!; pids+=($imx)
 for port in 18801 18802 18803 18804; do

@@ -7,9 +7,6 @@
 //! `stop_reason` maps to OpenAI's `finish_reason`, usage is read; stream events
 //! become chunks.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use async_trait::async_trait;
 use infermux::config::ProviderConfig;
 use infermux::{
@@ -30,18 +27,17 @@ pub const DEFAULT_MAX_TOKENS: i64 = 4096;
 pub struct AnthropicProvider {
     name: String,
     models: Vec<String>,
-    url: String,
-    models_url: String,
-    api_key: String,
-    timeout: Duration,
-    clients: http::Clients,
+    url: ::http::Uri,
+    models_url: ::http::Uri,
+    api_key: ::http::HeaderValue,
+    upstream: http::Upstream,
 }
 
 impl std::fmt::Debug for AnthropicProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnthropicProvider")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
 }
@@ -52,29 +48,43 @@ impl AnthropicProvider {
             .base_url
             .clone()
             .unwrap_or_else(|| "https://api.anthropic.com".to_owned());
+        let upstream = http::Upstream::new(&c.name, &base, c.timeout)?;
+        let key = c.api_key.as_ref().map(|k| k.expose()).unwrap_or_default();
+        let mut api_key = ::http::HeaderValue::from_str(key).map_err(|_| {
+            ProviderError::InvalidRequest(format!(
+                "provider \"{}\": the API key is not a valid header value",
+                c.name
+            ))
+        })?;
+        api_key.set_sensitive(true);
         Ok(AnthropicProvider {
             name: c.name.clone(),
             models: c.models.clone(),
-            url: format!("{base}/v1/messages"),
-            models_url: format!("{base}/v1/models"),
-            api_key: c
-                .api_key
-                .as_ref()
-                .map(|k| k.expose().to_owned())
-                .unwrap_or_default(),
-            timeout: c.timeout,
-            clients: http::Clients::new(c.timeout)?,
+            url: upstream.endpoint("v1/messages")?,
+            models_url: upstream.endpoint("v1/models")?,
+            api_key,
+            upstream,
         })
     }
 
-    fn post(&self, ctx: &CallContext<'_>) -> Result<reqwest::RequestBuilder, ProviderError> {
-        Ok(self
-            .clients
-            .get()?
-            .post(&self.url)
-            .header("x-api-key", &self.api_key)
+    /// A request to `uri` with the key and the API version.
+    fn request(&self, method: ::http::Method, uri: ::http::Uri) -> ::http::request::Builder {
+        ::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("x-api-key", self.api_key.clone())
             .header("anthropic-version", API_VERSION)
-            .header("traceparent", ctx.traceparent()))
+    }
+
+    fn post(
+        &self,
+        ctx: &CallContext<'_>,
+        body: &MessagesRequest<'_>,
+    ) -> Result<http::Request, ProviderError> {
+        let req = self
+            .request(::http::Method::POST, self.url.clone())
+            .header("traceparent", ctx.traceparent());
+        http::json(req, body)
     }
 }
 
@@ -219,14 +229,8 @@ impl Provider for AnthropicProvider {
 
     /// Lists the models (`GET {base_url}/v1/models`).
     async fn health_check(&self) -> Result<(), ProviderError> {
-        let req = self
-            .clients
-            .get()?
-            .get(&self.models_url)
-            .timeout(self.timeout)
-            .header("x-api-key", &self.api_key)
-            .header("anthropic-version", API_VERSION);
-        http::call_ok(req, &self.name).await
+        let req = self.request(::http::Method::GET, self.models_url.clone());
+        self.upstream.call_ok(http::empty(req)?).await
     }
 
     async fn infer(
@@ -235,11 +239,7 @@ impl Provider for AnthropicProvider {
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
         let body = messages_request(ctx.model, req, false);
-        let parsed: MessagesResponse = http::call_json(
-            self.post(ctx)?.timeout(self.timeout).json(&body),
-            &self.name,
-        )
-        .await?;
+        let parsed: MessagesResponse = self.upstream.call_json(self.post(ctx, &body)?).await?;
         if parsed.kind.as_deref() == Some("error") || parsed.error.is_some() {
             let message = parsed.error.map(|e| e.message).unwrap_or_default();
             return Err(ProviderError::Unavailable(format!(
@@ -274,11 +274,11 @@ impl Provider for AnthropicProvider {
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
         let body = messages_request(ctx.model, req, true);
-        let resp = http::call_stream(self.post(ctx)?.json(&body), &self.name).await?;
-        let provider: Arc<str> = Arc::from(self.name.as_str());
+        let resp = self.upstream.call_stream(self.post(ctx, &body)?).await?;
+        let provider = self.upstream.provider().clone();
         Ok(http::chunk_stream(
             resp,
-            self.name.clone(),
+            provider.clone(),
             &req.messages,
             move |event| {
                 let parsed: StreamEvent = serde_json::from_str(&event.data).map_err(|e| {

@@ -1,27 +1,341 @@
-//! What every HTTP adapter shares: the client, sending, and turning upstream
-//! failures into [`ProviderError`]s by the contract's rules.
+//! What every HTTP adapter shares: the upstream (its connections), sending,
+//! and turning upstream failures into [`ProviderError`]s by the contract's
+//! rules.
+//!
+//! Two transports sit behind [`Upstream`]: plain `http://` upstreams (local and
+//! same-network servers: vLLM, Ollama, llama.cpp) get HTTP/1.1 connections the
+//! calling task drives itself ([`crate::plain`]), because there the client's
+//! own machinery is most of a call's cost; `https://` upstreams (hosted
+//! providers) get reqwest with rustls, HTTP/2 where the server offers it.
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http_body_util::Full;
 use infermux::ProviderError;
 use infermux::validate::truncate;
 
-use crate::sse;
+use crate::{plain, sse};
 
-/// One provider's HTTP clients: one pooled client (rustls) per thread, made on
-/// first use. A connection then lives on the thread that uses it, so a call does
-/// not hop between threads to reach its upstream connection (the connection
-/// task runs where the client made it).
+/// A response body as it arrives; a transport failure or a read timeout is its
+/// last item.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, ProviderError>> + Send>>;
+
+/// One provider's upstream: where its requests go and the connections they use.
+pub struct Upstream {
+    provider: Arc<str>,
+    base_url: String,
+    transport: Transport,
+    /// A unary call's whole deadline; for streams, connecting, the answer's
+    /// head and each read.
+    timeout: Duration,
+}
+
+enum Transport {
+    Plain(plain::Plain),
+    Pooled(Clients),
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base_url", &self.base_url)
+            .field(
+                "transport",
+                &match self.transport {
+                    Transport::Plain(_) => "plain",
+                    Transport::Pooled(_) => "pooled",
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// An answer read whole.
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub body: Bytes,
+}
+
+/// An answer whose body is still arriving.
+pub struct Streaming {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: BodyStream,
+}
+
+/// A request ready to send: an absolute URI, headers, the body.
+pub type Request = http::Request<Bytes>;
+
+impl Upstream {
+    /// `base_url` is the provider's (no trailing slash); every endpoint is
+    /// under it.
+    pub fn new(provider: &str, base_url: &str, timeout: Duration) -> Result<Self, ProviderError> {
+        let bad = |e: &dyn std::fmt::Display| {
+            ProviderError::InvalidRequest(format!("provider \"{provider}\": bad base_url: {e}"))
+        };
+        let url = url::Url::parse(base_url).map_err(|e| bad(&e))?;
+        let transport = match url.scheme() {
+            "http" => Transport::Plain(plain::Plain::new(&url, timeout).map_err(|e| bad(&e))?),
+            "https" => Transport::Pooled(Clients::new(timeout)?),
+            other => return Err(bad(&format!("unsupported scheme \"{other}\""))),
+        };
+        Ok(Upstream {
+            provider: Arc::from(provider),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            transport,
+            timeout,
+        })
+    }
+
+    /// The provider's name, for messages.
+    pub fn provider(&self) -> &Arc<str> {
+        &self.provider
+    }
+
+    /// `{base_url}/{path}` (path may carry a query), parsed.
+    pub fn endpoint(&self, path: &str) -> Result<http::Uri, ProviderError> {
+        let url = format!("{}/{path}", self.base_url);
+        url.parse().map_err(|e| {
+            ProviderError::InvalidRequest(format!(
+                "provider \"{}\": \"{url}\" is not a valid URL: {e}",
+                self.provider
+            ))
+        })
+    }
+
+    /// Sends `req` and reads the whole answer, all within the provider's
+    /// timeout. A connection failure or timeout is a [`ProviderError`]; any
+    /// answer, even an error status, is returned.
+    pub async fn call(&self, req: Request) -> Result<Answer, ProviderError> {
+        let timed_out = || {
+            ProviderError::Timeout(format!(
+                "provider \"{}\" did not answer in time",
+                self.provider
+            ))
+        };
+        match &self.transport {
+            Transport::Plain(plain) => {
+                let exchange = async {
+                    let resp = plain.send(origin_form(req), &self.provider).await?;
+                    let body = resp
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| plain::transport_error(&e, &self.provider))?;
+                    Ok(Answer {
+                        status: resp.status,
+                        body,
+                    })
+                };
+                tokio::time::timeout(self.timeout, exchange)
+                    .await
+                    .map_err(|_| timed_out())?
+            }
+            Transport::Pooled(clients) => {
+                let mut req = reqwest::Request::try_from(req).map_err(|e| {
+                    ProviderError::Internal(format!("cannot build the upstream request: {e}"))
+                })?;
+                *req.timeout_mut() = Some(self.timeout);
+                let resp = clients
+                    .get()?
+                    .execute(req)
+                    .await
+                    .map_err(|e| transport_error(&e, &self.provider))?;
+                let status = resp.status();
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| transport_error(&e, &self.provider))?;
+                Ok(Answer { status, body })
+            }
+        }
+    }
+
+    /// Sends `req` and waits for the answer's head (within the provider's
+    /// timeout); the body then arrives as a stream, each read within the
+    /// timeout.
+    pub async fn open(&self, req: Request) -> Result<Streaming, ProviderError> {
+        match &self.transport {
+            Transport::Plain(plain) => {
+                let resp = tokio::time::timeout(
+                    self.timeout,
+                    plain.send(origin_form(req), &self.provider),
+                )
+                .await
+                .map_err(|_| {
+                    ProviderError::Timeout(format!(
+                        "provider \"{}\" did not answer in time",
+                        self.provider
+                    ))
+                })??;
+                Ok(Streaming {
+                    status: resp.status,
+                    headers: resp.headers,
+                    body: plain_stream(resp.body, self.timeout, self.provider.clone()),
+                })
+            }
+            Transport::Pooled(clients) => {
+                let req = reqwest::Request::try_from(req).map_err(|e| {
+                    ProviderError::Internal(format!("cannot build the upstream request: {e}"))
+                })?;
+                let resp = clients
+                    .get()?
+                    .execute(req)
+                    .await
+                    .map_err(|e| transport_error(&e, &self.provider))?;
+                let provider = self.provider.clone();
+                Ok(Streaming {
+                    status: resp.status(),
+                    headers: resp.headers().clone(),
+                    body: Box::pin(
+                        resp.bytes_stream()
+                            .map(move |r| r.map_err(|e| transport_error(&e, &provider))),
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Sends `req` and reads a 2xx JSON answer as `T`; anything else is the
+    /// matching [`ProviderError`].
+    pub async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Request,
+    ) -> Result<T, ProviderError> {
+        let answer = self.call(req).await?;
+        if !answer.status.is_success() {
+            return Err(error_from(answer.status, &answer.body, &self.provider));
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| {
+            ProviderError::Unavailable(format!(
+                "provider \"{}\" sent an unreadable body: {e}",
+                self.provider
+            ))
+        })
+    }
+
+    /// Sends `req` and wants any 2xx answer (health checks).
+    pub async fn call_ok(&self, req: Request) -> Result<(), ProviderError> {
+        let answer = self.call(req).await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(error_from(answer.status, &answer.body, &self.provider))
+        }
+    }
+
+    /// Sends a streaming `req` and checks that a 2xx event stream comes back;
+    /// its body is returned.
+    pub async fn call_stream(&self, req: Request) -> Result<BodyStream, ProviderError> {
+        let resp = self.open(req).await?;
+        if !resp.status.is_success() {
+            let body = collect(resp.body).await;
+            return Err(error_from(resp.status, &body, &self.provider));
+        }
+        let is_sse = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if is_sse {
+            return Ok(resp.body);
+        }
+        let body = collect(resp.body).await;
+        Err(ProviderError::Unavailable(format!(
+            "provider \"{}\" answered a stream request without an event stream: {}",
+            self.provider,
+            upstream_message(&body)
+        )))
+    }
+}
+
+/// A request with `body` serialized as JSON.
+pub fn json<T: serde::Serialize>(
+    req: http::request::Builder,
+    body: &T,
+) -> Result<Request, ProviderError> {
+    let body = serde_json::to_vec(body)
+        .map_err(|e| ProviderError::Internal(format!("cannot encode the upstream request: {e}")))?;
+    req.header(http::header::CONTENT_TYPE, "application/json")
+        .body(Bytes::from(body))
+        .map_err(|e| ProviderError::Internal(format!("cannot build the upstream request: {e}")))
+}
+
+/// A request without a body.
+pub fn empty(req: http::request::Builder) -> Result<Request, ProviderError> {
+    req.body(Bytes::new())
+        .map_err(|e| ProviderError::Internal(format!("cannot build the upstream request: {e}")))
+}
+
+/// The same request with its URI in origin form (`/path?query`), as an HTTP/1.1
+/// request to the server itself carries it.
+fn origin_form(req: Request) -> http::Request<Full<Bytes>> {
+    let (mut parts, body) = req.into_parts();
+    if let Some(pq) = parts.uri.path_and_query() {
+        parts.uri = http::Uri::from(pq.clone());
+    }
+    http::Request::from_parts(parts, Full::new(body))
+}
+
+/// A plain upstream's body as a stream; each read must come within `timeout`.
+fn plain_stream(body: plain::Body, timeout: Duration, provider: Arc<str>) -> BodyStream {
+    Box::pin(futures_util::stream::unfold(
+        (body, provider, false),
+        move |(mut body, provider, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match tokio::time::timeout(timeout, body.chunk()).await {
+                Err(_) => Err(ProviderError::Timeout(format!(
+                    "provider \"{provider}\" sent nothing for {}",
+                    humantime(timeout)
+                ))),
+                Ok(None) => return None,
+                Ok(Some(Ok(bytes))) => return Some((Ok(bytes), (body, provider, false))),
+                Ok(Some(Err(e))) => Err(plain::transport_error(&e, &provider)),
+            };
+            Some((item, (body, provider, true)))
+        },
+    ))
+}
+
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// What is left of a body, for an error message (at most 64 KiB of it).
+async fn collect(mut body: BodyStream) -> Bytes {
+    let mut all = Vec::new();
+    while let Some(Ok(bytes)) = body.next().await {
+        all.extend_from_slice(&bytes);
+        if all.len() > 64 * 1024 {
+            break;
+        }
+    }
+    Bytes::from(all)
+}
+
+/// One provider's reqwest clients: one pooled client (rustls) per thread, made
+/// on first use. A connection then lives on the thread that uses it, so a call
+/// does not hop between threads to reach its upstream connection (the
+/// connection task runs where the client made it).
 #[derive(Debug)]
-pub struct Clients {
+struct Clients {
     id: u64,
     timeout: Duration,
 }
 
 impl Clients {
     /// Checks that a client can be built with these settings.
-    pub fn new(timeout: Duration) -> Result<Self, ProviderError> {
+    fn new(timeout: Duration) -> Result<Self, ProviderError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         client(timeout)?;
         Ok(Clients {
@@ -31,7 +345,7 @@ impl Clients {
     }
 
     /// This thread's client.
-    pub fn get(&self) -> Result<reqwest::Client, ProviderError> {
+    fn get(&self) -> Result<reqwest::Client, ProviderError> {
         thread_local! {
             static CLIENTS: std::cell::RefCell<std::collections::HashMap<u64, reqwest::Client>> =
                 std::cell::RefCell::default();
@@ -49,7 +363,7 @@ impl Clients {
 
 /// A pooled HTTP client (rustls) for one provider. `timeout` bounds connecting
 /// and each read; unary calls also get it as a total deadline.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, ProviderError> {
+fn client(timeout: Duration) -> Result<reqwest::Client, ProviderError> {
     reqwest::Client::builder()
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .read_timeout(timeout)
@@ -59,16 +373,7 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, ProviderError> {
         .map_err(|e| ProviderError::Internal(format!("cannot build the HTTP client: {e}")))
 }
 
-/// Sends `req`; a connection failure or timeout is a [`ProviderError`], any
-/// answer (even an error status) is returned.
-pub async fn send(
-    req: reqwest::RequestBuilder,
-    provider: &str,
-) -> Result<reqwest::Response, ProviderError> {
-    req.send().await.map_err(|e| transport_error(&e, provider))
-}
-
-pub fn transport_error(e: &reqwest::Error, provider: &str) -> ProviderError {
+fn transport_error(e: &reqwest::Error, provider: &str) -> ProviderError {
     if e.is_timeout() {
         ProviderError::Timeout(format!("provider \"{provider}\" did not answer in time"))
     } else if e.is_connect() {
@@ -87,13 +392,12 @@ fn without_url(e: &reqwest::Error) -> String {
     msg
 }
 
-/// Reads a non-2xx answer and classifies it: 429 → rate limited, other 4xx →
-/// rejected (the upstream's status and message kept), 5xx and anything else →
-/// unavailable (retryable).
-pub async fn error_from(resp: reqwest::Response, provider: &str) -> ProviderError {
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.unwrap_or_default();
-    let message = upstream_message(&body);
+/// Classifies a non-2xx answer: 429 → rate limited, other 4xx → rejected (the
+/// upstream's status and message kept), 5xx and anything else → unavailable
+/// (retryable).
+fn error_from(status: http::StatusCode, body: &[u8], provider: &str) -> ProviderError {
+    let status = status.as_u16();
+    let message = upstream_message(body);
     match status {
         429 => ProviderError::RateLimited(format!("provider \"{provider}\": {message}")),
         400..=499 => ProviderError::Rejected { status, message },
@@ -126,86 +430,14 @@ pub fn upstream_message(body: &[u8]) -> String {
     }
 }
 
-/// Sends `req` and reads a 2xx JSON answer as `T`; anything else is the
-/// matching [`ProviderError`].
-pub async fn call_json<T: serde::de::DeserializeOwned>(
-    req: reqwest::RequestBuilder,
-    provider: &str,
-) -> Result<T, ProviderError> {
-    let resp = send(req, provider).await?;
-    if !resp.status().is_success() {
-        return Err(error_from(resp, provider).await);
-    }
-    json_body(resp, provider).await
-}
-
-/// Sends `req` and wants any 2xx answer (health checks).
-pub async fn call_ok(req: reqwest::RequestBuilder, provider: &str) -> Result<(), ProviderError> {
-    let resp = send(req, provider).await?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(error_from(resp, provider).await)
-    }
-}
-
-/// Sends a streaming `req` and checks that a 2xx event stream comes back.
-pub async fn call_stream(
-    req: reqwest::RequestBuilder,
-    provider: &str,
-) -> Result<reqwest::Response, ProviderError> {
-    let resp = send(req, provider).await?;
-    if !resp.status().is_success() {
-        return Err(error_from(resp, provider).await);
-    }
-    expect_event_stream(resp, provider).await
-}
-
-/// Parses a 2xx JSON body; garbage is a retryable upstream failure.
-pub async fn json_body<T: serde::de::DeserializeOwned>(
-    resp: reqwest::Response,
-    provider: &str,
-) -> Result<T, ProviderError> {
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| transport_error(&e, provider))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ProviderError::Unavailable(format!(
-            "provider \"{provider}\" sent an unreadable body: {e}"
-        ))
-    })
-}
-
-/// Checks that a 2xx answer to a streaming request really is an event stream.
-pub async fn expect_event_stream(
-    resp: reqwest::Response,
-    provider: &str,
-) -> Result<reqwest::Response, ProviderError> {
-    let is_sse = resp
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if is_sse {
-        return Ok(resp);
-    }
-    let body = resp.bytes().await.unwrap_or_default();
-    Err(ProviderError::Unavailable(format!(
-        "provider \"{provider}\" answered a stream request without an event stream: {}",
-        upstream_message(&body)
-    )))
-}
-
 /// The SSE events of a response body, as a stream. A transport failure or a
 /// malformed event ends it with an error; so does a body that ends mid-event.
 pub fn events(
-    resp: reqwest::Response,
-    provider: String,
+    body: BodyStream,
+    provider: Arc<str>,
 ) -> impl futures_util::Stream<Item = Result<sse::Event, ProviderError>> + Send {
-    let body = resp.bytes_stream();
     futures_util::stream::unfold(
-        (Box::pin(body), sse::Decoder::new(), false),
+        (body, sse::Decoder::new(), false),
         move |(mut body, mut decoder, done)| {
             let provider = provider.clone();
             async move {
@@ -224,10 +456,7 @@ pub fn events(
                     }
                     match body.next().await {
                         Some(Ok(bytes)) => decoder.push(&bytes),
-                        Some(Err(e)) => {
-                            let err = transport_error(&e, &provider);
-                            return Some((Err(err), (body, decoder, true)));
-                        }
+                        Some(Err(err)) => return Some((Err(err), (body, decoder, true))),
                         None if decoder.remainder() > 0 => {
                             let err = ProviderError::Unavailable(format!(
                                 "provider \"{provider}\" ended its stream in the middle of an event"
@@ -258,7 +487,7 @@ type EventStream =
 struct ChunkState<F> {
     events: EventStream,
     parse: F,
-    provider: String,
+    provider: Arc<str>,
     done: bool,
     /// For an estimate when the upstream reports no usage.
     prompt: Vec<infermux::ChatMessage>,
@@ -272,8 +501,8 @@ struct ChunkState<F> {
 /// truncated reply. When the upstream reported no usage by then, a last chunk
 /// carries an estimate (see [`crate::tokens`]).
 pub fn chunk_stream<F>(
-    resp: reqwest::Response,
-    provider: String,
+    body: BodyStream,
+    provider: Arc<str>,
     prompt: &[infermux::ChatMessage],
     parse: F,
 ) -> infermux::ChunkStream
@@ -281,7 +510,7 @@ where
     F: FnMut(&sse::Event) -> Result<Step, ProviderError> + Send + 'static,
 {
     let state = ChunkState {
-        events: Box::pin(events(resp, provider.clone())),
+        events: Box::pin(events(body, provider.clone())),
         parse,
         provider,
         done: false,

@@ -5,7 +5,9 @@
 //!   `/v1`, and Azure OpenAI (deployment URLs, `api-key`).
 //! - [`anthropic`]: the Messages API, with its request, response and stream
 //!   events translated.
-//! - `http`: the pooled client, upstream error classification, SSE streams.
+//! - `http`: the upstream (its transports), upstream error classification,
+//!   SSE streams.
+//! - `plain`: HTTP/1.1 to `http://` upstreams, driven by the calling task.
 //! - [`sse`]: the incremental Server-Sent Events decoder.
 //! - [`tokens`]: token estimates (tiktoken) when an upstream reports no usage.
 //!
@@ -14,6 +16,7 @@
 pub mod anthropic;
 mod http;
 pub mod openai;
+mod plain;
 pub mod sse;
 pub mod tokens;
 

@@ -2,9 +2,6 @@
 //! server (vLLM, Groq, Together, llama.cpp, Ollama's `/v1`), and — with its own
 //! URL and key header — Azure OpenAI.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use async_trait::async_trait;
 use infermux::config::{ProviderConfig, ProviderKind};
 use infermux::{
@@ -31,15 +28,15 @@ pub struct OpenAiProvider {
     name: String,
     kind: &'static str,
     models: Vec<String>,
-    base_url: String,
-    /// OpenAI dialect: the endpoint URLs, parsed once.
-    chat_url: Option<reqwest::Url>,
-    embeddings_url: Option<reqwest::Url>,
+    /// OpenAI dialect: the endpoint URIs, parsed once.
+    chat_url: Option<::http::Uri>,
+    embeddings_url: Option<::http::Uri>,
+    /// What a health check lists.
+    models_url: ::http::Uri,
     /// The key header, built once and marked sensitive (never logged).
-    auth: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    auth: Option<(::http::HeaderName, ::http::HeaderValue)>,
     dialect: Dialect,
-    timeout: Duration,
-    clients: http::Clients,
+    upstream: http::Upstream,
 }
 
 /// Which OpenAI endpoint a call goes to.
@@ -62,7 +59,7 @@ impl std::fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiProvider")
             .field("name", &self.name)
-            .field("base_url", &self.base_url)
+            .field("upstream", &self.upstream)
             .field("dialect", &self.dialect)
             .finish_non_exhaustive()
     }
@@ -87,32 +84,33 @@ impl OpenAiProvider {
             .ok_or_else(|| {
                 ProviderError::InvalidRequest(format!("provider \"{}\" has no base_url", c.name))
             })?;
-        let parse = |endpoint: Endpoint| {
-            reqwest::Url::parse(&format!("{base_url}/{}", endpoint.path())).map_err(|e| {
-                ProviderError::InvalidRequest(format!("provider \"{}\": bad base_url: {e}", c.name))
-            })
-        };
-        let (chat_url, embeddings_url) = match dialect {
+        let upstream = http::Upstream::new(&c.name, &base_url, c.timeout)?;
+        let (chat_url, embeddings_url, models_url) = match &dialect {
             Dialect::OpenAi => (
-                Some(parse(Endpoint::Chat)?),
-                Some(parse(Endpoint::Embeddings)?),
+                Some(upstream.endpoint(Endpoint::Chat.path())?),
+                Some(upstream.endpoint(Endpoint::Embeddings.path())?),
+                upstream.endpoint("models")?,
             ),
-            Dialect::Azure { .. } => (None, None),
+            Dialect::Azure { api_version } => (
+                None,
+                None,
+                upstream.endpoint(&format!("openai/models?api-version={api_version}"))?,
+            ),
         };
         let auth = match &c.api_key {
             None => None,
             Some(key) => {
                 let (name, value) = match dialect {
                     Dialect::OpenAi => (
-                        reqwest::header::AUTHORIZATION,
+                        ::http::header::AUTHORIZATION,
                         format!("Bearer {}", key.expose()),
                     ),
                     Dialect::Azure { .. } => (
-                        reqwest::header::HeaderName::from_static("api-key"),
+                        ::http::HeaderName::from_static("api-key"),
                         key.expose().to_owned(),
                     ),
                 };
-                let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                let mut value = ::http::HeaderValue::from_str(&value).map_err(|_| {
                     ProviderError::InvalidRequest(format!(
                         "provider \"{}\": the API key is not a valid header value",
                         c.name
@@ -126,17 +124,16 @@ impl OpenAiProvider {
             name: c.name.clone(),
             kind: c.kind.as_str(),
             models: c.models.clone(),
-            base_url,
             chat_url,
             embeddings_url,
+            models_url,
             auth,
             dialect,
-            timeout: c.timeout,
-            clients: http::Clients::new(c.timeout)?,
+            upstream,
         })
     }
 
-    fn url(&self, model: &str, endpoint: Endpoint) -> Result<reqwest::Url, ProviderError> {
+    fn url(&self, model: &str, endpoint: Endpoint) -> Result<::http::Uri, ProviderError> {
         let ready = match endpoint {
             Endpoint::Chat => &self.chat_url,
             Endpoint::Embeddings => &self.embeddings_url,
@@ -147,30 +144,32 @@ impl OpenAiProvider {
         let Dialect::Azure { api_version } = &self.dialect else {
             return Err(ProviderError::Internal("no URL for this endpoint".into()));
         };
-        let url = format!(
-            "{}/openai/deployments/{model}/{}?api-version={api_version}",
-            self.base_url,
+        self.upstream.endpoint(&format!(
+            "openai/deployments/{model}/{}?api-version={api_version}",
             endpoint.path()
-        );
-        reqwest::Url::parse(&url).map_err(|e| {
-            ProviderError::InvalidRequest(format!("deployment \"{model}\" makes a bad URL: {e}"))
-        })
+        ))
     }
 
-    fn post(
-        &self,
-        ctx: &CallContext<'_>,
-        endpoint: Endpoint,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        let mut req = self
-            .clients
-            .get()?
-            .post(self.url(ctx.model, endpoint)?)
-            .header("traceparent", ctx.traceparent());
+    /// A request to `uri` with the key header.
+    fn request(&self, method: ::http::Method, uri: ::http::Uri) -> ::http::request::Builder {
+        let mut req = ::http::Request::builder().method(method).uri(uri);
         if let Some((name, value)) = &self.auth {
             req = req.header(name, value.clone());
         }
-        Ok(req)
+        req
+    }
+
+    /// A JSON POST to `endpoint`, with the key and the call's trace context.
+    fn post<T: Serialize>(
+        &self,
+        ctx: &CallContext<'_>,
+        endpoint: Endpoint,
+        body: &T,
+    ) -> Result<http::Request, ProviderError> {
+        let req = self
+            .request(::http::Method::POST, self.url(ctx.model, endpoint)?)
+            .header("traceparent", ctx.traceparent());
+        http::json(req, body)
     }
 }
 
@@ -324,13 +323,10 @@ impl Provider for OpenAiProvider {
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
         let body = chat_request(ctx.model, req, false);
-        let parsed: ChatResponse = http::call_json(
-            self.post(ctx, Endpoint::Chat)?
-                .timeout(self.timeout)
-                .json(&body),
-            &self.name,
-        )
-        .await?;
+        let parsed: ChatResponse = self
+            .upstream
+            .call_json(self.post(ctx, Endpoint::Chat, &body)?)
+            .await?;
         if let Some(error) = &parsed.error {
             return Err(error_body(&self.name, error));
         }
@@ -358,17 +354,8 @@ impl Provider for OpenAiProvider {
     /// Lists the models (`GET {base_url}/models`; Azure: the resource's
     /// `openai/models`): cheap, authenticated, no tokens spent.
     async fn health_check(&self) -> Result<(), ProviderError> {
-        let url = match &self.dialect {
-            Dialect::OpenAi => format!("{}/models", self.base_url),
-            Dialect::Azure { api_version } => {
-                format!("{}/openai/models?api-version={api_version}", self.base_url)
-            }
-        };
-        let mut req = self.clients.get()?.get(url).timeout(self.timeout);
-        if let Some((name, value)) = &self.auth {
-            req = req.header(name, value.clone());
-        }
-        http::call_ok(req, &self.name).await
+        let req = self.request(::http::Method::GET, self.models_url.clone());
+        self.upstream.call_ok(http::empty(req)?).await
     }
 
     async fn embed(
@@ -382,13 +369,10 @@ impl Provider for OpenAiProvider {
             encoding_format: "float",
             extra: req.extra.as_deref().map(|m| m as &Map<String, Value>),
         };
-        let parsed: EmbeddingsResponse = http::call_json(
-            self.post(ctx, Endpoint::Embeddings)?
-                .timeout(self.timeout)
-                .json(&body),
-            &self.name,
-        )
-        .await?;
+        let parsed: EmbeddingsResponse = self
+            .upstream
+            .call_json(self.post(ctx, Endpoint::Embeddings, &body)?)
+            .await?;
         if let Some(error) = &parsed.error {
             return Err(error_body(&self.name, error));
         }
@@ -419,12 +403,14 @@ impl Provider for OpenAiProvider {
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
         let body = chat_request(ctx.model, req, true);
-        let resp =
-            http::call_stream(self.post(ctx, Endpoint::Chat)?.json(&body), &self.name).await?;
-        let provider: Arc<str> = Arc::from(self.name.as_str());
+        let resp = self
+            .upstream
+            .call_stream(self.post(ctx, Endpoint::Chat, &body)?)
+            .await?;
+        let provider = self.upstream.provider().clone();
         Ok(http::chunk_stream(
             resp,
-            self.name.clone(),
+            provider.clone(),
             &req.messages,
             move |event| {
                 if event.data == "[DONE]" {
