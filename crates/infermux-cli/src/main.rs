@@ -10,6 +10,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc: a call allocates and frees many small objects across the edge,
+/// router and adapters; see docs/PERFORMANCE.md for the measurements.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let _log_guard = match logging::init(&cli.log) {

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBytes, Traceparent};
-use crate::routes::routed_headers;
+use crate::routes::json_response;
 
 /// A chat completion request, as OpenAI defines it.
 #[derive(Debug, Deserialize)]
@@ -257,12 +257,7 @@ pub async fn chat_completions(
     };
     let bytes = serde_json::to_vec(&body)
         .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
-    let mut headers = routed_headers(&routed);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok((StatusCode::OK, headers, bytes).into_response())
+    Ok(json_response(bytes, &routed))
 }
 
 fn sse_event<T: Serialize>(value: &T) -> Bytes {

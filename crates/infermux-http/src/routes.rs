@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use infermux::envelope::{self, Envelope, MessageType};
 use infermux::router::{RequestContext, Routed};
@@ -66,14 +66,18 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static STRATEGY: HeaderName = HeaderName::from_static("x-infermux-strategy");
 static ROUTE_GROUP: HeaderName = HeaderName::from_static("x-infermux-route-group");
 
-/// A 200 JSON response with the `X-Infermux-*` headers of a routed call.
-fn json_response(body: Vec<u8>, routed: &Routed) -> Response {
-    let mut h = routed_headers(routed);
+/// A 200 JSON response with the `X-Infermux-*` headers of a routed call,
+/// written straight into the response's own header map.
+pub(crate) fn json_response(body: Vec<u8>, routed: &Routed) -> Response {
+    let mut resp = Response::new(axum::body::Body::from(body));
+    let h = resp.headers_mut();
+    h.reserve(12);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    (StatusCode::OK, h, body).into_response()
+    routed_headers(h, routed);
+    resp
 }
 
 /// `X-Infermux-Strategy` (how the provider was chosen) and, for a model in a
@@ -103,11 +107,10 @@ pub(crate) fn route_headers(h: &mut HeaderMap, provider: &str, upstream_model: &
 }
 
 /// Every `X-Infermux-*` header of a completed call, and its `traceparent`.
-pub(crate) fn routed_headers(routed: &Routed) -> HeaderMap {
+pub(crate) fn routed_headers(h: &mut HeaderMap, routed: &Routed) {
     let r = &routed.response;
-    let mut h = HeaderMap::with_capacity(11);
-    route_headers(&mut h, &r.provider, &routed.upstream_model);
-    strategy_headers(&mut h, routed.strategy, routed.route_group.as_deref());
+    route_headers(h, &r.provider, &routed.upstream_model);
+    strategy_headers(h, routed.strategy, routed.route_group.as_deref());
     if let Ok(v) = HeaderValue::from_str(&r.cost_usd.to_string()) {
         h.insert(COST.clone(), v);
     }
@@ -117,7 +120,6 @@ pub(crate) fn routed_headers(routed: &Routed) -> HeaderMap {
     if let Ok(v) = HeaderValue::from_str(&routed.trace.traceparent_for(routed.span_id)) {
         h.insert(TRACEPARENT.clone(), v);
     }
-    h
 }
 
 #[derive(Serialize)]

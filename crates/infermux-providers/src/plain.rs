@@ -272,7 +272,14 @@ impl Body {
             match Pin::new(&mut self.incoming).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => continue,
-                    Ok(data) => return Poll::Ready(Some(Ok(data))),
+                    Ok(data) => {
+                        if self.incoming.is_end_stream() {
+                            // The last of a sized body: the connection is
+                            // free now, whether or not the reader asks again.
+                            self.release(cx);
+                        }
+                        return Poll::Ready(Some(Ok(data)));
+                    }
                     Err(_trailers) => continue,
                 },
                 Poll::Ready(Some(Err(e))) => {
@@ -336,6 +343,25 @@ impl Body {
                 });
             }
         });
+    }
+}
+
+impl Drop for Body {
+    /// A reader that stops at the end of what it wanted (an event stream's
+    /// last event) may leave only the body's end unread: if that end is
+    /// already here, the connection is still good and goes back to the pool.
+    /// Anything else closes it, which cancels the upstream's work.
+    fn drop(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..4 {
+            match self.poll_chunk(&mut cx) {
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(None | Some(Err(_))) | Poll::Pending => return,
+            }
+        }
     }
 }
 
@@ -588,6 +614,33 @@ mod tests {
             .await
             .expect("the upstream saw its connection close")
             .unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_read_to_its_last_byte_leaves_its_connection_pooled() {
+        // Odd requests get a sized body, even ones a chunked body whose end
+        // comes with its last piece; the reader stops at the last piece.
+        let (url, accepted) = server(|mut sock, _| async move {
+            let mut n = 0;
+            while read_request(&mut sock).await.is_some() {
+                n += 1;
+                let reply = if n % 2 == 1 {
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 14\r\n\r\ndata: [DONE]\n\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+                };
+                sock.write_all(reply.as_bytes()).await.unwrap();
+            }
+        })
+        .await;
+        let up = upstream(&url, Duration::from_secs(5));
+        for _ in 0..4 {
+            let mut resp = up.open(post(&url, "{}")).await.unwrap();
+            let piece = resp.body.next().await.unwrap().unwrap();
+            assert_eq!(&piece[..], b"data: [DONE]\n\n");
+            drop(resp);
+        }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }
