@@ -4,7 +4,8 @@
 # Starts, all on loopback:
 #   - a fast mock upstream: nginx answering a fixed chat.completion body and a
 #     fixed SSE body (port 18801);
-#   - the reference hop: nginx proxy_pass to the mock, upstream keepalive (18802);
+#   - the reference hop: nginx proxy_pass to the mock, upstream keepalive
+#     (18802), an nginx instance of its own;
 #   - infermux serve with the mock as an `openai` provider (18803);
 #   - a slow SSE upstream (infermux-bench) for the open-streams test (18804).
 # Then measures, in one run: the same POST /v1/chat/completions sent directly,
@@ -13,11 +14,12 @@
 # c=64 and while holding 1,000 open streams.
 #
 # Usage: bench/overhead.sh [seconds per load run, default 10]
-# Needs: nginx and wrk (apt-get install -y nginx-light wrk). Writes bench/out/.
+# Needs: nginx, wrk and taskset (apt-get install -y nginx-light wrk util-linux).
+# Writes bench/out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-for tool in nginx wrk; do
+for tool in nginx wrk taskset; do
   command -v $tool >/dev/null || { echo "$tool is not installed: apt-get install -y nginx-light wrk" >&2; exit 1; }
 done
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
@@ -100,9 +102,17 @@ curl -sf -H 'content-type: application/json' -d '{"model":"bench-model","message
   http://127.0.0.1:18803/v1/chat/completions >/dev/null || { echo "infermux does not answer; see $out/infermux.log" >&2; exit 1; }
 
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); print v} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s$/,"",v); print v*1000000} else print v}'; }
+# At c=1 the figure is latency, and where the scheduler happens to put wrk and
+# the servers moves it by tens of µs from run to run. So for c=1 every server
+# (mock, hop, infermux) runs on CPU 0 and wrk on CPU 1: each path's work is
+# done on one core, as a sidecar's would be. c=8 and c=64 use both cores.
+servers() { pgrep -f "nginx-(mock|hop).conf"; pgrep -P "$(pgrep -d, -f 'nginx-(mock|hop).conf')"; echo "$imx"; }
+all_cpus=0-$(($(nproc) - 1))
+pin() { for p in $(servers); do taskset -a -pc "$1" "$p" >/dev/null; done; }
 load() { # name url conns -> "rps p50_us p99_us"
-  local threads=1; [ "$3" -gt 1 ] && threads=2
-  wrk -t$threads -c"$3" -d"${secs}s" --latency -s bench/chat.lua "$2" > "$out/wrk-$1-c$3.txt"
+  local threads=1 cpu=$all_cpus; [ "$3" -gt 1 ] && threads=2
+  [ "$3" = 1 ] && cpu=1
+  taskset -c $cpu wrk -t$threads -c"$3" -d"${secs}s" --latency -s bench/chat.lua "$2" > "$out/wrk-$1-c$3.txt"
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' "$out/wrk-$1-c$3.txt")
   p50=$(awk '$1=="50%" {print $2}' "$out/wrk-$1-c$3.txt" | to_us)
@@ -113,6 +123,7 @@ load() { # name url conns -> "rps p50_us p99_us"
 echo "| concurrency | path | req/s | p50 µs | p99 µs | p50 added µs | p99 added µs |"
 echo "|---|---|---|---|---|---|---|"
 for c in 1 8 64; do
+  if [ "$c" = 1 ]; then pin 0; else pin "$all_cpus"; fi
   read -r d_rps d_p50 d_p99 <<<"$(load direct http://127.0.0.1:18801/v1/chat/completions $c)"
   read -r n_rps n_p50 n_p99 <<<"$(load nginx http://127.0.0.1:18802/v1/chat/completions $c)"
   read -r i_rps i_p50 i_p99 <<<"$(load infermux http://127.0.0.1:18803/v1/chat/completions $c)"
@@ -127,10 +138,13 @@ done
 echo "infermux peak RSS after the c=64 runs: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$imx/status)"
 
 echo
-echo "Streaming time to first byte (sequential, 300 requests):"
-$bin/infermux-bench ttfb http://127.0.0.1:18801/sse/v1/chat/completions --model bench-sse | sed 's/^/  direct:    /'
-$bin/infermux-bench ttfb http://127.0.0.1:18802/sse/v1/chat/completions --model bench-sse | sed 's/^/  nginx hop: /'
-$bin/infermux-bench ttfb http://127.0.0.1:18803/v1/chat/completions --model bench-sse | sed 's/^/  infermux:  /'
+echo "Streaming time to first byte (sequential, 1,000 requests; servers on CPU 0, client on CPU 1):"
+pin 0
+ttfb() { taskset -c 1 $bin/infermux-bench ttfb "$1" --model bench-sse --requests 1000; }
+ttfb http://127.0.0.1:18801/sse/v1/chat/completions | sed 's/^/  direct:    /'
+ttfb http://127.0.0.1:18802/sse/v1/chat/completions | sed 's/^/  nginx hop: /'
+ttfb http://127.0.0.1:18803/v1/chat/completions | sed 's/^/  infermux:  /'
+pin "$all_cpus"
 
 echo
 echo "1,000 concurrent open streams through infermux:"
