@@ -55,6 +55,20 @@ def main(base):
         model="echo-v1", messages=[{"role": "user", "content": "x"}], stream=True))
     check(all(c.usage is None for c in plain), "no usage chunk unless asked")
 
+    tools = [{"type": "function", "function": {"name": "get_weather",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    resp = client.chat.completions.create(
+        model="echo-v1",
+        tools=tools,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C, sunny"},
+        ],
+    )
+    check(resp.choices[0].message.content == "echo: 18C, sunny", "a tool-calling conversation is accepted")
+
     models = [m.id for m in client.models.list()]
     check(models == ["echo-v1"], f"models {models}")
 

@@ -21,10 +21,7 @@ pub(crate) fn request(req: pb::InferRequest) -> InferRequest {
         messages: req
             .messages
             .into_iter()
-            .map(|m| ChatMessage {
-                role: Role::parse(&m.role),
-                content: m.content,
-            })
+            .map(|m| ChatMessage::new(Role::parse(&m.role), m.content))
             .collect(),
         params: Params {
             temperature: req.temperature,

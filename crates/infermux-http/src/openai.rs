@@ -67,6 +67,11 @@ struct OaiMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    // Tool calling, carried to the provider as sent (named fields rather than
+    // a flattened map: flattening slows every message's decoding down).
+    tool_calls: Option<Value>,
+    tool_call_id: Option<Value>,
+    name: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,8 +102,19 @@ impl ChatCompletionRequest {
             let role = match m.role.as_str() {
                 // OpenAI's newer name for system instructions.
                 "developer" => Role::System,
+                "tool" => Role::Tool,
                 other => Role::parse(other),
             };
+            let mut extra = Map::new();
+            for (key, value) in [
+                ("tool_calls", m.tool_calls),
+                ("tool_call_id", m.tool_call_id),
+                ("name", m.name),
+            ] {
+                if let Some(v) = value {
+                    extra.insert(key.to_owned(), v);
+                }
+            }
             let content = match m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t,
@@ -118,7 +134,11 @@ impl ChatCompletionRequest {
                     text
                 }
             };
-            messages.push(ChatMessage { role, content });
+            messages.push(ChatMessage {
+                role,
+                content,
+                extra: (!extra.is_empty()).then(|| Arc::new(extra)),
+            });
         }
         let stop = match self.stop {
             None => None,
@@ -164,7 +184,10 @@ struct Choice<'a> {
 #[derive(Serialize)]
 struct Message<'a> {
     role: &'static str,
-    content: &'a str,
+    /// `null` when the model only called tools, as OpenAI answers.
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<&'a Value>,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -209,6 +232,8 @@ struct Delta<'a> {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<&'a Value>,
 }
 
 fn unix_now() -> u64 {
@@ -248,7 +273,9 @@ pub async fn chat_completions(
             index: 0,
             message: Message {
                 role: "assistant",
-                content: &r.content,
+                content: (!r.content.is_empty() || r.tool_calls.is_none())
+                    .then_some(r.content.as_str()),
+                tool_calls: r.tool_calls.as_deref(),
             },
             finish_reason: &r.finish_reason,
             logprobs: None,
@@ -318,6 +345,7 @@ impl StreamState {
                         Delta {
                             role: Some("assistant"),
                             content: Some(""),
+                            tool_calls: None,
                         },
                         None,
                     ));
@@ -328,7 +356,7 @@ impl StreamState {
                         self.usage.1 += c.tokens_out;
                         let finish =
                             (!c.finish_reason.is_empty()).then_some(c.finish_reason.as_str());
-                        if c.delta.is_empty() && finish.is_none() {
+                        if c.delta.is_empty() && finish.is_none() && c.tool_calls.is_none() {
                             continue;
                         }
                         let content = (!c.delta.is_empty()).then_some(c.delta.as_str());
@@ -336,6 +364,7 @@ impl StreamState {
                             Delta {
                                 role: None,
                                 content,
+                                tool_calls: c.tool_calls.as_ref(),
                             },
                             finish,
                         ));

@@ -1056,3 +1056,131 @@ async fn a_provider_failing_its_health_check_gets_no_traffic() {
     );
     handles.iter().for_each(tokio::task::JoinHandle::abort);
 }
+
+/// A tool-calling conversation as an OpenAI SDK sends it: tools offered, the
+/// model's earlier call, and the tool's result.
+fn tool_conversation(stream: bool) -> Value {
+    json!({
+        "model": "gpt-4o",
+        "stream": stream,
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": "auto",
+        "messages": [
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C, sunny"}
+        ]
+    })
+}
+
+fn rome_call() -> Value {
+    json!([{"id": "call_2", "type": "function",
+        "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}])
+}
+
+#[tokio::test]
+async fn tool_calls_pass_through_both_ways() {
+    let up = Upstream::start().await;
+    up.reply(Reply::Json(
+        200,
+        json!({
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "tool_calls",
+                "message": {"role": "assistant", "content": null, "tool_calls": rome_call()}}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52}
+        }),
+    ));
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let (status, _, body) = gw.chat(tool_conversation(false)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Upstream: the conversation exactly as the caller sent it.
+    let sent = tool_conversation(false);
+    let seen = up.last();
+    assert_eq!(seen.body["messages"], sent["messages"]);
+    assert_eq!(seen.body["tools"], sent["tools"]);
+    assert_eq!(seen.body["tool_choice"], "auto");
+
+    // Caller: the model's calls, no text.
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    assert_eq!(choice["message"]["tool_calls"], rome_call());
+    assert_eq!(body["usage"]["completion_tokens"], 12);
+}
+
+#[tokio::test]
+async fn streamed_tool_call_deltas_reach_the_caller_in_order() {
+    let up = Upstream::start().await;
+    let chunk = |delta: Value, finish: Value| {
+        data(
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    };
+    let first = json!([{"index": 0, "id": "call_2", "type": "function",
+        "function": {"name": "get_weather", "arguments": ""}}]);
+    let second = json!([{"index": 0, "function": {"arguments": "{\"city\":\"Rome\"}"}}]);
+    up.reply(Reply::Sse(vec![
+        chunk(json!({"role": "assistant", "content": null}), Value::Null),
+        chunk(json!({"tool_calls": first}), Value::Null),
+        chunk(json!({"tool_calls": second}), Value::Null),
+        chunk(json!({}), json!("tool_calls")),
+        "data: [DONE]\n\n".to_owned(),
+    ]));
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let (_, values, done) = parse(&gw.chat_stream(tool_conversation(true)).await);
+    assert!(done);
+    let calls: Vec<&Value> = values
+        .iter()
+        .filter_map(|v| v["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(calls, [&first, &second]);
+    assert_eq!(
+        values
+            .iter()
+            .filter(|v| v["choices"][0]["finish_reason"] == "tool_calls")
+            .count(),
+        1
+    );
+    assert_eq!(
+        up.last().body["messages"],
+        tool_conversation(true)["messages"]
+    );
+}
+
+#[tokio::test]
+async fn tool_calls_are_refused_where_they_cannot_go() {
+    // Anthropic: not translated yet, so a 400 naming the message — the
+    // conversation is not silently changed.
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&anthropic_config(&up)).await;
+    let mut req = tool_conversation(false);
+    req["model"] = json!("claude-sonnet-4-5");
+    let (status, _, body) = gw.chat(req).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("messages[1]"), "{message}");
+    assert!(message.contains("tool calls"), "{message}");
+    assert!(up.seen().is_empty(), "nothing reached the upstream");
+
+    // MIST: its roles are system, user and assistant.
+    let resp = gw
+        .post(
+            "/infer",
+            json!({"model": "claude-sonnet-4-5", "messages": [{"role": "tool", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages[0].role: unknown role \"tool\""),
+        "{body}"
+    );
+}

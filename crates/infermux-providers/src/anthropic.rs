@@ -111,28 +111,37 @@ struct WireMessage<'a> {
     content: &'a str,
 }
 
+/// The Messages API request. OpenAI tool-calling messages are refused (a 400
+/// naming the message): their translation to `tool_use` / `tool_result`
+/// blocks is not built yet, and dropping them would change the conversation.
 fn messages_request<'a>(
     model: &'a str,
     req: &'a InferRequest,
     stream: bool,
-) -> MessagesRequest<'a> {
+) -> Result<MessagesRequest<'a>, ProviderError> {
     let mut system: Vec<&str> = Vec::new();
     let mut messages = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
+    for (i, m) in req.messages.iter().enumerate() {
+        if m.is_tool_call() {
+            return Err(ProviderError::InvalidRequest(format!(
+                "messages[{i}]: tool calls are not supported by anthropic providers"
+            )));
+        }
         match m.role {
             Role::System => system.push(&m.content),
             Role::Assistant => messages.push(WireMessage {
                 role: "assistant",
                 content: &m.content,
             }),
-            // Validation rejects other roles before a provider is called.
-            Role::User | Role::Other(_) => messages.push(WireMessage {
+            // Validation rejects other roles before a provider is called,
+            // and tool results are refused above.
+            Role::User | Role::Tool | Role::Other(_) => messages.push(WireMessage {
                 role: "user",
                 content: &m.content,
             }),
         }
     }
-    MessagesRequest {
+    Ok(MessagesRequest {
         model,
         max_tokens: req.params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         messages,
@@ -142,7 +151,7 @@ fn messages_request<'a>(
         top_p: req.params.top_p,
         stop_sequences: req.params.stop.as_deref(),
         stream,
-    }
+    })
 }
 
 /// Anthropic's `stop_reason` as an OpenAI `finish_reason`.
@@ -238,7 +247,7 @@ impl Provider for AnthropicProvider {
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
-        let body = messages_request(ctx.model, req, false);
+        let body = messages_request(ctx.model, req, false)?;
         let parsed: MessagesResponse = self.upstream.call_json(self.post(ctx, &body)?).await?;
         if parsed.kind.as_deref() == Some("error") || parsed.error.is_some() {
             let message = parsed.error.map(|e| e.message).unwrap_or_default();
@@ -273,7 +282,7 @@ impl Provider for AnthropicProvider {
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
-        let body = messages_request(ctx.model, req, true);
+        let body = messages_request(ctx.model, req, true)?;
         let resp = self.upstream.call_stream(self.post(ctx, &body)?).await?;
         let provider = self.upstream.provider().clone();
         Ok(http::chunk_stream(
@@ -339,7 +348,7 @@ mod tests {
             .push(ChatMessage::new(Role::Assistant, "Hello"));
         req.params.stop = Some(vec!["END".into()]);
         req.params.temperature = Some(1.5);
-        let v = serde_json::to_value(messages_request("claude-x", &req, false)).unwrap();
+        let v = serde_json::to_value(messages_request("claude-x", &req, false).unwrap()).unwrap();
         assert_eq!(v["system"], "Be brief.\n\nBe kind.");
         assert_eq!(
             v["messages"],

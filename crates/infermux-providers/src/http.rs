@@ -548,6 +548,7 @@ where
                             && c.finish_reason.is_empty()
                             && c.tokens_in == 0
                             && c.tokens_out == 0
+                            && c.tool_calls.is_none()
                         {
                             continue;
                         }

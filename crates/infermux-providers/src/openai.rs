@@ -2,6 +2,8 @@
 //! server (vLLM, Groq, Together, llama.cpp, Ollama's `/v1`), and — with its own
 //! URL and key header — Azure OpenAI.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use infermux::config::{ProviderConfig, ProviderKind};
 use infermux::{
@@ -201,7 +203,11 @@ struct StreamOptions {
 #[derive(Serialize)]
 struct WireMessage<'a> {
     role: &'a str,
-    content: &'a str,
+    /// `null` for an assistant message that only calls tools.
+    content: Option<&'a str>,
+    /// The caller's tool-calling fields, untouched.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a Map<String, Value>>,
 }
 
 fn chat_request<'a>(model: &'a str, req: &'a InferRequest, stream: bool) -> ChatRequest<'a> {
@@ -210,9 +216,15 @@ fn chat_request<'a>(model: &'a str, req: &'a InferRequest, stream: bool) -> Chat
         messages: req
             .messages
             .iter()
-            .map(|m| WireMessage {
-                role: m.role.as_str(),
-                content: &m.content,
+            .map(|m| {
+                let extra = m.extra.as_deref();
+                let only_calls =
+                    m.content.is_empty() && extra.is_some_and(|e| e.contains_key("tool_calls"));
+                WireMessage {
+                    role: m.role.as_str(),
+                    content: (!only_calls).then_some(m.content.as_str()),
+                    extra,
+                }
             })
             .collect(),
         temperature: req.params.temperature,
@@ -247,6 +259,7 @@ struct Choice {
 #[derive(Deserialize)]
 struct ChoiceMessage {
     content: Option<String>,
+    tool_calls: Option<Value>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -336,7 +349,10 @@ impl Provider for OpenAiProvider {
                 self.name
             )));
         };
-        let content = choice.message.and_then(|m| m.content).unwrap_or_default();
+        let (content, tool_calls) = match choice.message {
+            Some(m) => (m.content.unwrap_or_default(), m.tool_calls),
+            None => (String::new(), None),
+        };
         let (tokens_in, tokens_out, usage_estimated) = match parsed.usage {
             Some(u) => (u.prompt_tokens, u.completion_tokens, false),
             None => (tokens::prompt(&req.messages), tokens::count(&content), true),
@@ -347,6 +363,7 @@ impl Provider for OpenAiProvider {
             tokens_out,
             finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".to_owned()),
             usage_estimated,
+            tool_calls: tool_calls.map(Arc::new),
             ..Default::default()
         })
     }
@@ -426,7 +443,10 @@ impl Provider for OpenAiProvider {
                 }
                 let mut chunk = InferChunk::default();
                 if let Some(choice) = parsed.choices.into_iter().next() {
-                    chunk.delta = choice.delta.and_then(|d| d.content).unwrap_or_default();
+                    if let Some(d) = choice.delta {
+                        chunk.delta = d.content.unwrap_or_default();
+                        chunk.tool_calls = d.tool_calls;
+                    }
                     chunk.finish_reason = choice.finish_reason.unwrap_or_default();
                 }
                 if let Some(u) = parsed.usage {

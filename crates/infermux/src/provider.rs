@@ -126,6 +126,7 @@ pub trait Provider: Send + Sync + 'static {
             tokens_out: resp.tokens_out,
             cost_usd: resp.cost_usd,
             finish_reason: resp.finish_reason,
+            tool_calls: resp.tool_calls.map(|t| (*t).clone()),
         };
         Ok(Box::pin(futures_util::stream::iter([Ok(chunk)])))
     }

@@ -15,6 +15,10 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result in an OpenAI tool-calling conversation. Only the
+    /// OpenAI-compatible edge produces it; MIST and gRPC callers name the three
+    /// roles above, and `"tool"` from them parses as [`Role::Other`].
+    Tool,
     /// A role outside the three the protocol allows; always rejected by validation.
     Other(String),
 }
@@ -25,6 +29,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
             Role::Other(s) => s,
         }
     }
@@ -73,6 +78,12 @@ impl<'de> Deserialize<'de> for Role {
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// OpenAI tool-calling fields of the message, as the caller sent them
+    /// (`tool_calls` of an assistant message, `tool_call_id` of a tool result,
+    /// `name`): passed to OpenAI-compatible providers untouched, refused by
+    /// providers that cannot take them. Not part of the MIST wire format.
+    #[serde(skip)]
+    pub extra: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ChatMessage {
@@ -80,7 +91,18 @@ impl ChatMessage {
         ChatMessage {
             role,
             content: content.into(),
+            extra: None,
         }
+    }
+
+    /// Whether this message is part of a tool call: a tool's result, or an
+    /// assistant message that calls tools.
+    pub fn is_tool_call(&self) -> bool {
+        self.role == Role::Tool
+            || self
+                .extra
+                .as_ref()
+                .is_some_and(|e| e.contains_key("tool_calls"))
     }
 
     pub fn user(content: impl Into<String>) -> Self {
@@ -161,6 +183,11 @@ pub struct InferResponse {
     /// estimate (see `infermux::tokens`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub usage_estimated: bool,
+    /// The tool calls the model asked for (OpenAI's `message.tool_calls`, as
+    /// the provider sent them). Carried to the OpenAI-compatible edge; not part
+    /// of the MIST wire format.
+    #[serde(skip)]
+    pub tool_calls: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// A request for embeddings of one or more texts.
@@ -196,6 +223,10 @@ pub struct InferChunk {
     pub cost_usd: f64,
     /// Empty on every chunk but the last.
     pub finish_reason: String,
+    /// A piece of the tool calls (OpenAI's `delta.tool_calls`, as the provider
+    /// sent it). Not part of the MIST or gRPC wire formats.
+    #[serde(skip)]
+    pub tool_calls: Option<serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -237,6 +268,7 @@ mod tests {
             latency_ms: 1,
             finish_reason: "stop".into(),
             usage_estimated: false,
+            tool_calls: None,
         };
         assert_eq!(
             serde_json::to_string(&resp).unwrap(),
