@@ -78,15 +78,32 @@ struct OaiMessage {
 #[serde(untagged)]
 enum Content {
     Text(String),
-    Parts(Vec<Part>),
+    Parts(Vec<Value>),
 }
 
-#[derive(Debug, Deserialize)]
-struct Part {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
+/// The text of a message's content parts, joined; checks that every part has
+/// a `type` and every text part its `text`.
+fn parts_text(i: usize, parts: &[Value]) -> Result<String, Error> {
+    let mut text = String::new();
+    for (j, p) in parts.iter().enumerate() {
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => match p.get("text").and_then(Value::as_str) {
+                Some(t) => text.push_str(t),
+                None => {
+                    return Err(Error::invalid(format!(
+                        "messages[{i}].content[{j}].text: a text part needs a string text"
+                    )));
+                }
+            },
+            Some(_) => {}
+            None => {
+                return Err(Error::invalid(format!(
+                    "messages[{i}].content[{j}].type: every content part needs a string type"
+                )));
+            }
+        }
+    }
+    Ok(text)
 }
 
 impl ChatCompletionRequest {
@@ -119,17 +136,11 @@ impl ChatCompletionRequest {
                 None => String::new(),
                 Some(Content::Text(t)) => t,
                 Some(Content::Parts(parts)) => {
-                    let mut text = String::new();
-                    for (j, p) in parts.into_iter().enumerate() {
-                        match (p.kind.as_str(), p.text) {
-                            ("text", Some(t)) => text.push_str(&t),
-                            (kind, _) => {
-                                return Err(Error::invalid(format!(
-                                    "messages[{i}].content[{j}].type: \"{}\" parts are not supported (only text)",
-                                    infermux::validate::truncate(kind, 32)
-                                )));
-                            }
-                        }
+                    let text = parts_text(i, &parts)?;
+                    if parts.iter().any(|p| p["type"] != "text") {
+                        // Images, audio, files: the parts go upstream as sent;
+                        // `content` keeps their text for estimates and echo.
+                        extra.insert("content".to_owned(), Value::Array(parts));
                     }
                     text
                 }

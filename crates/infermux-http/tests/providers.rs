@@ -670,8 +670,12 @@ async fn malformed_chat_requests_are_400s_naming_the_field() {
             "temperature: invalid type",
         ),
         (
-            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"image_url": {"url": "x"}}]}]}),
             "messages[0].content[0].type:",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text"}]}]}),
+            "messages[0].content[1].text:",
         ),
     ];
     for (req, want) in cases {
@@ -1183,4 +1187,50 @@ async fn tool_calls_are_refused_where_they_cannot_go() {
             .starts_with("messages[0].role: unknown role \"tool\""),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn image_parts_pass_through_to_openai_compatible_providers_only() {
+    let parts = json!([
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}
+    ]);
+    let req =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": parts}]});
+
+    let up = Upstream::start().await;
+    up.reply(Reply::Json(200, completion("A cat.", "stop")));
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let (status, _, body) = gw.chat(req("gpt-4o")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "A cat.");
+    assert_eq!(
+        up.last().body["messages"],
+        json!([{"role": "user", "content": parts}]),
+        "the parts reach the upstream as sent"
+    );
+
+    // Text-only parts are joined into one string, as before.
+    up.reply(Reply::Json(200, completion("ok", "stop")));
+    let (status, _, _) = gw
+        .chat(
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Hello "}, {"type": "text", "text": "world"}]}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(up.last().body["messages"][0]["content"], "Hello world");
+
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&anthropic_config(&up)).await;
+    let (status, _, body) = gw.chat(req("claude-sonnet-4-5")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages[0].content: parts other than text"),
+        "{body}"
+    );
+    assert!(up.seen().is_empty());
 }

@@ -111,9 +111,10 @@ struct WireMessage<'a> {
     content: &'a str,
 }
 
-/// The Messages API request. OpenAI tool-calling messages are refused (a 400
-/// naming the message): their translation to `tool_use` / `tool_result`
-/// blocks is not built yet, and dropping them would change the conversation.
+/// The Messages API request. OpenAI tool-calling messages and non-text content
+/// parts are refused (a 400 naming the message): their translation to
+/// Anthropic's content blocks is not built yet, and dropping them would change
+/// the conversation.
 fn messages_request<'a>(
     model: &'a str,
     req: &'a InferRequest,
@@ -125,6 +126,11 @@ fn messages_request<'a>(
         if m.is_tool_call() {
             return Err(ProviderError::InvalidRequest(format!(
                 "messages[{i}]: tool calls are not supported by anthropic providers"
+            )));
+        }
+        if m.parts().is_some() {
+            return Err(ProviderError::InvalidRequest(format!(
+                "messages[{i}].content: parts other than text are not supported by anthropic providers"
             )));
         }
         match m.role {

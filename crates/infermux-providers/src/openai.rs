@@ -203,9 +203,11 @@ struct StreamOptions {
 #[derive(Serialize)]
 struct WireMessage<'a> {
     role: &'a str,
-    /// `null` for an assistant message that only calls tools.
-    content: Option<&'a str>,
-    /// The caller's tool-calling fields, untouched.
+    /// `null` for an assistant message that only calls tools; left out when
+    /// `extra` carries the caller's content parts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<Option<&'a str>>,
+    /// The caller's tool-calling fields and content parts, untouched.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     extra: Option<&'a Map<String, Value>>,
 }
@@ -222,7 +224,10 @@ fn chat_request<'a>(model: &'a str, req: &'a InferRequest, stream: bool) -> Chat
                     m.content.is_empty() && extra.is_some_and(|e| e.contains_key("tool_calls"));
                 WireMessage {
                     role: m.role.as_str(),
-                    content: (!only_calls).then_some(m.content.as_str()),
+                    content: m
+                        .parts()
+                        .is_none()
+                        .then_some((!only_calls).then_some(m.content.as_str())),
                     extra,
                 }
             })

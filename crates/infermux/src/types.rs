@@ -78,10 +78,12 @@ impl<'de> Deserialize<'de> for Role {
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
-    /// OpenAI tool-calling fields of the message, as the caller sent them
-    /// (`tool_calls` of an assistant message, `tool_call_id` of a tool result,
-    /// `name`): passed to OpenAI-compatible providers untouched, refused by
-    /// providers that cannot take them. Not part of the MIST wire format.
+    /// OpenAI fields of the message beyond its text, as the caller sent them:
+    /// `tool_calls` of an assistant message, `tool_call_id` of a tool result,
+    /// `name`, and `content` when it has parts other than text (images, audio;
+    /// [`ChatMessage::content`] then holds the text parts). Passed to
+    /// OpenAI-compatible providers untouched, refused by providers that cannot
+    /// take them. Not part of the MIST wire format.
     #[serde(skip)]
     pub extra: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
 }
@@ -93,6 +95,11 @@ impl ChatMessage {
             content: content.into(),
             extra: None,
         }
+    }
+
+    /// The content parts the caller sent when they are not all text.
+    pub fn parts(&self) -> Option<&serde_json::Value> {
+        self.extra.as_ref().and_then(|e| e.get("content"))
     }
 
     /// Whether this message is part of a tool call: a tool's result, or an
