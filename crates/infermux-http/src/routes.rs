@@ -63,6 +63,7 @@ static LATENCY: HeaderName = HeaderName::from_static("x-infermux-latency-ms");
 static PROMPT_TOKENS: HeaderName = HeaderName::from_static("x-infermux-prompt-tokens");
 static COMPLETION_TOKENS: HeaderName = HeaderName::from_static("x-infermux-completion-tokens");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static USAGE_ESTIMATED: HeaderName = HeaderName::from_static("x-infermux-usage-estimated");
 static STRATEGY: HeaderName = HeaderName::from_static("x-infermux-strategy");
 static ROUTE_GROUP: HeaderName = HeaderName::from_static("x-infermux-route-group");
 
@@ -119,6 +120,9 @@ pub(crate) fn routed_headers(h: &mut HeaderMap, routed: &Routed) {
     h.insert(COMPLETION_TOKENS.clone(), HeaderValue::from(r.tokens_out));
     if let Ok(v) = HeaderValue::from_str(&routed.trace.traceparent_for(routed.span_id)) {
         h.insert(TRACEPARENT.clone(), v);
+    }
+    if r.usage_estimated {
+        h.insert(USAGE_ESTIMATED.clone(), HeaderValue::from_static("true"));
     }
 }
 

@@ -797,6 +797,29 @@ async fn missing_upstream_usage_is_estimated_with_the_tokenizer_and_flagged() {
         values.last().unwrap()["usage"],
         json!({"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10})
     );
+    let span = gw.spans.spans().pop().unwrap();
+    assert!(span.attrs.usage_estimated, "the stream's span is flagged");
+    assert_eq!((span.attrs.tokens_in, span.attrs.tokens_out), (9, 1));
+
+    // The OpenAI edge flags an estimate with a header; real usage has none.
+    up.reply(Reply::Json(200, json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}]})));
+    let (status, headers, body) = gw
+        .chat(json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello world"}]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-infermux-usage-estimated"], "true");
+    assert_eq!(body["usage"]["completion_tokens"], 2);
+    up.reply(Reply::Json(200, completion("Hi", "stop")));
+    let (_, headers, _) = gw
+        .chat(json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello world"}]}))
+        .await;
+    assert!(headers.get("x-infermux-usage-estimated").is_none());
+    up.always(Reply::Sse(openai_stream_events()));
+    gw.chat_stream(
+        json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert!(!gw.spans.spans().pop().unwrap().attrs.usage_estimated);
 }
 
 #[tokio::test]

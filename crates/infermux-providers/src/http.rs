@@ -538,6 +538,7 @@ where
                         let estimate = infermux::InferChunk {
                             tokens_in: crate::tokens::prompt(&s.prompt),
                             tokens_out: crate::tokens::count(&s.text),
+                            usage_estimated: true,
                             ..Default::default()
                         };
                         return Some((Ok(estimate), s));

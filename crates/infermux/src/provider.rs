@@ -127,6 +127,7 @@ pub trait Provider: Send + Sync + 'static {
             cost_usd: resp.cost_usd,
             finish_reason: resp.finish_reason,
             tool_calls: resp.tool_calls.map(|t| (*t).clone()),
+            usage_estimated: resp.usage_estimated,
         };
         Ok(Box::pin(futures_util::stream::iter([Ok(chunk)])))
     }

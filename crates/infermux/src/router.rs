@@ -893,6 +893,7 @@ impl Stream for RoutedStream {
                 attrs.tokens_in += chunk.tokens_in;
                 attrs.tokens_out += chunk.tokens_out;
                 attrs.cost_usd += chunk.cost_usd;
+                attrs.usage_estimated |= chunk.usage_estimated;
                 if !chunk.finish_reason.is_empty() {
                     attrs.finish_reason.clone_from(&chunk.finish_reason);
                 }

@@ -234,6 +234,10 @@ pub struct InferChunk {
     /// sent it). Not part of the MIST or gRPC wire formats.
     #[serde(skip)]
     pub tool_calls: Option<serde_json::Value>,
+    /// This chunk's token counts are an estimate: the provider reported no
+    /// usage for the stream.
+    #[serde(skip)]
+    pub usage_estimated: bool,
 }
 
 #[cfg(test)]
