@@ -47,7 +47,7 @@ pub fn app(router: Router) -> axum::Router {
 /// (`INFERMUX_MANAGEMENT_TOKEN`) when `management_token` is set.
 pub fn app_with_token(router: Router, management_token: Option<String>) -> axum::Router {
     let state = state(router, management_token);
-    finish(api_routes().merge(management_routes()), state)
+    finish(api_routes().merge(management_routes(&state)), state)
 }
 
 /// The HTTP application split in two: the API (with `/_infermux/health`), and
@@ -60,7 +60,7 @@ pub fn split_apps(
     let state = state(router, management_token);
     let management = axum::Router::new()
         .route("/_infermux/health", get(routes::health))
-        .merge(management_routes());
+        .merge(management_routes(&state));
     (
         finish(api_routes(), state.clone()),
         finish(management, state),
@@ -86,7 +86,9 @@ fn api_routes() -> axum::Router<Arc<AppState>> {
         .route("/_infermux/health", get(routes::health))
 }
 
-fn management_routes() -> axum::Router<Arc<AppState>> {
+/// The management routes, behind the token check (a route layer: the API's
+/// hot path does not pass through it).
+fn management_routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/_infermux/status", get(management::status))
         .route("/_infermux/providers", get(management::providers))
@@ -95,16 +97,16 @@ fn management_routes() -> axum::Router<Arc<AppState>> {
             "/_infermux/providers/{name}/circuit/{action}",
             post(management::circuit),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            management::require_token,
+        ))
 }
 
 fn finish(routes: axum::Router<Arc<AppState>>, state: Arc<AppState>) -> axum::Router {
     routes
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            management::require_token,
-        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))
