@@ -723,7 +723,11 @@ async fn the_management_token_guards_everything_but_health() {
             .status(),
         200
     );
-    for path in ["/_infermux/status", "/_infermux/providers", "/_infermux/metrics"] {
+    for path in [
+        "/_infermux/status",
+        "/_infermux/providers",
+        "/_infermux/metrics",
+    ] {
         let resp = client.get(url(path)).send().await.unwrap();
         let status = resp.status().as_u16();
         assert!(

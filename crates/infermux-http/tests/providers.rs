@@ -1180,19 +1180,81 @@ async fn streamed_tool_call_deltas_reach_the_caller_in_order() {
 }
 
 #[tokio::test]
-async fn tool_calls_are_refused_where_they_cannot_go() {
-    // Anthropic: not translated yet, so a 400 naming the message — the
-    // conversation is not silently changed.
+async fn tool_calls_translate_to_anthropic_and_back() {
     let up = Upstream::start().await;
+    up.reply(Reply::Json(
+        200,
+        json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "Checking Rome."},
+                        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 50, "output_tokens": 20}
+        }),
+    ));
     let gw = Gateway::start(&anthropic_config(&up)).await;
     let mut req = tool_conversation(false);
     req["model"] = json!("claude-sonnet-4-5");
+    // A second result right after the first shares its user turn.
+    req["messages"][1]["tool_calls"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "call_9", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Nice\"}"}}));
+    req["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "tool", "tool_call_id": "call_9", "content": "20C"}));
+    req["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
     let (status, _, body) = gw.chat(req).await;
+    assert_eq!(status, 200, "{body}");
+
+    let seen = up.last().body;
+    assert_eq!(
+        seen["tools"],
+        json!([{"name": "get_weather", "input_schema":
+            {"type": "object", "properties": {"city": {"type": "string"}}}}])
+    );
+    assert_eq!(
+        seen["tool_choice"],
+        json!({"type": "tool", "name": "get_weather"})
+    );
+    assert_eq!(
+        seen["messages"],
+        json!([
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "call_9", "name": "get_weather", "input": {"city": "Nice"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "18C, sunny"},
+                {"type": "tool_result", "tool_use_id": "call_9", "content": "20C"}]}
+        ])
+    );
+
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], "Checking Rome.");
+    assert_eq!(
+        choice["message"]["tool_calls"],
+        json!([{"id": "toolu_2", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}])
+    );
+
+    // Bad arguments are the caller's mistake, named; nothing is sent.
+    let before = up.seen().len();
+    let mut bad = tool_conversation(false);
+    bad["model"] = json!("claude-sonnet-4-5");
+    bad["messages"][1]["tool_calls"][0]["function"]["arguments"] = json!("{not json");
+    let (status, _, body) = gw.chat(bad).await;
     assert_eq!(status, 400, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("messages[1]"), "{message}");
-    assert!(message.contains("tool calls"), "{message}");
-    assert!(up.seen().is_empty(), "nothing reached the upstream");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages[1].tool_calls[0].function.arguments: not JSON"),
+        "{body}"
+    );
+    assert_eq!(up.seen().len(), before);
 
     // MIST: its roles are system, user and assistant.
     let resp = gw
@@ -1209,6 +1271,48 @@ async fn tool_calls_are_refused_where_they_cannot_go() {
             .unwrap()
             .starts_with("messages[0].role: unknown role \"tool\""),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_tool_use_streams_as_openai_tool_call_deltas() {
+    let up = Upstream::start().await;
+    up.reply(Reply::Sse(vec![
+        event("message_start", json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 30, "output_tokens": 1}}})),
+        event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}})),
+        event("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        event("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_7", "name": "get_weather", "input": {}}})),
+        event("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}})),
+        event("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"Rome\"}"}})),
+        event("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
+        event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 15}})),
+        event("message_stop", json!({"type": "message_stop"})),
+    ]));
+    let gw = Gateway::start(&anthropic_config(&up)).await;
+    let mut req = tool_conversation(true);
+    req["model"] = json!("claude-sonnet-4-5");
+    let (text, values, done) = parse(&gw.chat_stream(req).await);
+    assert!(done);
+    assert_eq!(text, "Let me check.");
+    let calls: Vec<&Value> = values
+        .iter()
+        .filter_map(|v| v["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            &json!([{"index": 0, "id": "toolu_7", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]),
+            &json!([{"index": 0, "function": {"arguments": "{\"city\": "}}]),
+            &json!([{"index": 0, "function": {"arguments": "\"Rome\"}"}}]),
+        ]
+    );
+    assert_eq!(
+        values
+            .iter()
+            .filter(|v| v["choices"][0]["finish_reason"] == "tool_calls")
+            .count(),
+        1
     );
 }
 

@@ -2,10 +2,12 @@
 //!
 //! Translation: system messages are lifted (joined by a blank line) into the
 //! top-level `system`; `stop` becomes `stop_sequences`; `max_tokens`, which
-//! Anthropic requires, defaults to [`DEFAULT_MAX_TOKENS`]; fields Anthropic
-//! cannot take (OpenAI extras) are dropped. Back: text blocks are joined,
-//! `stop_reason` maps to OpenAI's `finish_reason`, usage is read; stream events
-//! become chunks.
+//! Anthropic requires, defaults to [`DEFAULT_MAX_TOKENS`]; OpenAI tool calling
+//! (`tools`, `tool_choice`, `tool_calls`, `tool` messages) becomes Anthropic's
+//! tools and `tool_use` / `tool_result` blocks; other fields Anthropic cannot
+//! take (OpenAI extras) are dropped. Back: text blocks are joined, `tool_use`
+//! blocks become `tool_calls`, `stop_reason` maps to OpenAI's `finish_reason`,
+//! usage is read; stream events (text and `input_json_delta`) become chunks.
 
 use async_trait::async_trait;
 use infermux::config::ProviderConfig;
@@ -14,6 +16,7 @@ use infermux::{
     Role,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::{http, tokens};
 
@@ -103,50 +106,102 @@ struct MessagesRequest<'a> {
     stop_sequences: Option<&'a [String]>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
 }
 
 #[derive(Serialize)]
 struct WireMessage<'a> {
     role: &'static str,
-    content: &'a str,
+    content: WireContent<'a>,
 }
 
-/// The Messages API request. OpenAI tool-calling messages and non-text content
-/// parts are refused (a 400 naming the message): their translation to
-/// Anthropic's content blocks is not built yet, and dropping them would change
-/// the conversation.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireContent<'a> {
+    Text(&'a str),
+    /// Content blocks: text, `tool_use` (the assistant's calls), `tool_result`.
+    Blocks(Vec<Value>),
+}
+
+/// The Messages API request. OpenAI tool calling is translated: `tools` and
+/// `tool_choice` to Anthropic's shapes, an assistant message's `tool_calls` to
+/// `tool_use` blocks, `tool` messages to `tool_result` blocks of a user turn
+/// (consecutive results share one). Non-text content parts are refused (a 400
+/// naming the message): dropping them would change the conversation.
 fn messages_request<'a>(
     model: &'a str,
     req: &'a InferRequest,
     stream: bool,
 ) -> Result<MessagesRequest<'a>, ProviderError> {
     let mut system: Vec<&str> = Vec::new();
-    let mut messages = Vec::with_capacity(req.messages.len());
+    let mut messages: Vec<WireMessage<'a>> = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
-        if m.is_tool_call() {
-            return Err(ProviderError::InvalidRequest(format!(
-                "messages[{i}]: tool calls are not supported by anthropic providers"
-            )));
-        }
         if m.parts().is_some() {
             return Err(ProviderError::InvalidRequest(format!(
                 "messages[{i}].content: parts other than text are not supported by anthropic providers"
             )));
         }
-        match m.role {
-            Role::System => system.push(&m.content),
-            Role::Assistant => messages.push(WireMessage {
+        let calls = m.extra.as_ref().and_then(|e| e.get("tool_calls"));
+        match (&m.role, calls) {
+            (Role::System, _) => system.push(&m.content),
+            (Role::Assistant, Some(calls)) => {
+                let mut blocks = Vec::new();
+                if !m.content.is_empty() {
+                    blocks.push(json!({"type": "text", "text": m.content}));
+                }
+                blocks.extend(tool_use_blocks(i, calls)?);
+                messages.push(WireMessage {
+                    role: "assistant",
+                    content: WireContent::Blocks(blocks),
+                });
+            }
+            (Role::Assistant, None) => messages.push(WireMessage {
                 role: "assistant",
-                content: &m.content,
+                content: WireContent::Text(&m.content),
             }),
-            // Validation rejects other roles before a provider is called,
-            // and tool results are refused above.
-            Role::User | Role::Tool | Role::Other(_) => messages.push(WireMessage {
+            (Role::Tool, _) => {
+                let id = m
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.get("tool_call_id"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ProviderError::InvalidRequest(format!(
+                            "messages[{i}].tool_call_id: a tool message needs the id of the call it answers"
+                        ))
+                    })?;
+                let result =
+                    json!({"type": "tool_result", "tool_use_id": id, "content": m.content});
+                match messages.last_mut() {
+                    Some(WireMessage {
+                        role: "user",
+                        content: WireContent::Blocks(blocks),
+                    }) if blocks.iter().all(|b| b["type"] == "tool_result") => blocks.push(result),
+                    _ => messages.push(WireMessage {
+                        role: "user",
+                        content: WireContent::Blocks(vec![result]),
+                    }),
+                }
+            }
+            // Validation rejects other roles before a provider is called.
+            (Role::User | Role::Other(_), _) => messages.push(WireMessage {
                 role: "user",
-                content: &m.content,
+                content: WireContent::Text(&m.content),
             }),
         }
     }
+    let extra = req.extra.as_deref();
+    let tools = match extra.and_then(|e| e.get("tools")) {
+        None | Some(Value::Null) => None,
+        Some(tools) => Some(anthropic_tools(tools)?),
+    };
+    let tool_choice = match extra.and_then(|e| e.get("tool_choice")) {
+        None | Some(Value::Null) => None,
+        Some(choice) => Some(anthropic_tool_choice(choice)?),
+    };
     Ok(MessagesRequest {
         model,
         max_tokens: req.params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
@@ -157,7 +212,102 @@ fn messages_request<'a>(
         top_p: req.params.top_p,
         stop_sequences: req.params.stop.as_deref(),
         stream,
+        tools,
+        tool_choice,
     })
+}
+
+fn invalid(field: &str, what: &str) -> ProviderError {
+    ProviderError::InvalidRequest(format!("{field}: {what}"))
+}
+
+/// An assistant message's OpenAI `tool_calls` as `tool_use` blocks; the
+/// arguments (a JSON string) become the block's `input` object.
+fn tool_use_blocks(i: usize, calls: &Value) -> Result<Vec<Value>, ProviderError> {
+    let field = format!("messages[{i}].tool_calls");
+    let calls = calls
+        .as_array()
+        .ok_or_else(|| invalid(&field, "must be an array"))?;
+    calls
+        .iter()
+        .enumerate()
+        .map(|(j, call)| {
+            let at = |f: &str| format!("{field}[{j}].{f}");
+            let id = call["id"]
+                .as_str()
+                .ok_or_else(|| invalid(&at("id"), "must be a string"))?;
+            let name = call["function"]["name"]
+                .as_str()
+                .ok_or_else(|| invalid(&at("function.name"), "must be a string"))?;
+            let input = match &call["function"]["arguments"] {
+                Value::String(a) if a.trim().is_empty() => json!({}),
+                Value::String(a) => serde_json::from_str::<Value>(a)
+                    .map_err(|e| invalid(&at("function.arguments"), &format!("not JSON: {e}")))?,
+                Value::Null => json!({}),
+                other => other.clone(),
+            };
+            Ok(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
+        })
+        .collect()
+}
+
+/// OpenAI `tools` (`{"type":"function","function":{name, description,
+/// parameters}}`) as Anthropic tools (`{name, description, input_schema}`).
+fn anthropic_tools(tools: &Value) -> Result<Vec<Value>, ProviderError> {
+    let tools = tools
+        .as_array()
+        .ok_or_else(|| invalid("tools", "must be an array"))?;
+    tools
+        .iter()
+        .enumerate()
+        .map(|(j, t)| {
+            let f = &t["function"];
+            let name = f["name"]
+                .as_str()
+                .ok_or_else(|| invalid(&format!("tools[{j}].function.name"), "must be a string"))?;
+            let mut tool = json!({"name": name});
+            if let Some(d) = f["description"].as_str() {
+                tool["description"] = json!(d);
+            }
+            tool["input_schema"] = match &f["parameters"] {
+                Value::Null => json!({"type": "object", "properties": {}}),
+                p => p.clone(),
+            };
+            Ok(tool)
+        })
+        .collect()
+}
+
+/// OpenAI `tool_choice` as Anthropic's: `auto`, `required` → `any`, `none`, or
+/// one named function → `tool`.
+fn anthropic_tool_choice(choice: &Value) -> Result<Value, ProviderError> {
+    match choice {
+        Value::String(c) if c == "auto" => Ok(json!({"type": "auto"})),
+        Value::String(c) if c == "required" => Ok(json!({"type": "any"})),
+        Value::String(c) if c == "none" => Ok(json!({"type": "none"})),
+        _ => match choice["function"]["name"].as_str() {
+            Some(name) => Ok(json!({"type": "tool", "name": name})),
+            None => Err(invalid(
+                "tool_choice",
+                "expected auto, required, none or a function",
+            )),
+        },
+    }
+}
+
+/// Anthropic `tool_use` blocks as OpenAI `tool_calls`.
+fn openai_tool_calls(blocks: &[ContentBlock]) -> Option<Value> {
+    let calls: Vec<Value> = blocks
+        .iter()
+        .filter(|b| b.kind == "tool_use")
+        .map(|b| {
+            json!({"id": b.id, "type": "function", "function": {
+                "name": b.name,
+                "arguments": b.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
+            }})
+        })
+        .collect();
+    (!calls.is_empty()).then_some(Value::Array(calls))
 }
 
 /// Anthropic's `stop_reason` as an OpenAI `finish_reason`.
@@ -188,6 +338,12 @@ struct ContentBlock {
     kind: String,
     #[serde(default)]
     text: String,
+    // tool_use blocks
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name: String,
+    input: Option<Value>,
 }
 
 #[derive(Deserialize, Clone, Copy, Default)]
@@ -213,6 +369,8 @@ struct StreamEvent {
     delta: Option<Delta>,
     usage: Option<Usage>,
     error: Option<ApiError>,
+    index: Option<u64>,
+    content_block: Option<ContentBlock>,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +383,7 @@ struct Delta {
     #[serde(rename = "type")]
     kind: Option<String>,
     text: Option<String>,
+    partial_json: Option<String>,
     stop_reason: Option<String>,
 }
 
@@ -279,6 +438,7 @@ impl Provider for AnthropicProvider {
             finish_reason: finish_reason(parsed.stop_reason.as_deref().unwrap_or("end_turn"))
                 .to_owned(),
             usage_estimated,
+            tool_calls: openai_tool_calls(&parsed.content).map(std::sync::Arc::new),
             ..Default::default()
         })
     }
@@ -291,10 +451,9 @@ impl Provider for AnthropicProvider {
         let body = messages_request(ctx.model, req, true)?;
         let resp = self.upstream.call_stream(self.post(ctx, &body)?).await?;
         let provider = self.upstream.provider().clone();
-        Ok(http::chunk_stream(
-            resp,
-            provider.clone(),
-            &req.messages,
+        Ok(http::chunk_stream(resp, provider.clone(), &req.messages, {
+            // Anthropic numbers content blocks; OpenAI numbers tool calls.
+            let mut tool_index: Vec<u64> = Vec::new();
             move |event| {
                 let parsed: StreamEvent = serde_json::from_str(&event.data).map_err(|e| {
                     ProviderError::Unavailable(format!(
@@ -310,12 +469,33 @@ impl Provider for AnthropicProvider {
                             .unwrap_or_default()
                             .input_tokens;
                     }
+                    "content_block_start" => match parsed.content_block {
+                        Some(b) if b.kind == "tool_use" => {
+                            let index = tool_index.len();
+                            tool_index.push(parsed.index.unwrap_or_default());
+                            chunk.tool_calls = Some(json!([{"index": index, "id": b.id,
+                                "type": "function", "function": {"name": b.name, "arguments": ""}}]));
+                        }
+                        _ => return Ok(http::Step::Skip),
+                    },
                     "content_block_delta" => match parsed.delta {
                         Some(Delta {
                             kind: Some(k),
                             text: Some(text),
                             ..
                         }) if k == "text_delta" => chunk.delta = text,
+                        Some(Delta {
+                            kind: Some(k),
+                            partial_json: Some(json),
+                            ..
+                        }) if k == "input_json_delta" => {
+                            let block = parsed.index.unwrap_or_default();
+                            let Some(index) = tool_index.iter().position(|&b| b == block) else {
+                                return Ok(http::Step::Skip);
+                            };
+                            chunk.tool_calls =
+                                Some(json!([{"index": index, "function": {"arguments": json}}]));
+                        }
                         _ => return Ok(http::Step::Skip),
                     },
                     "message_delta" => {
@@ -331,12 +511,12 @@ impl Provider for AnthropicProvider {
                             "provider \"{provider}\" failed mid-stream: {message}"
                         )));
                     }
-                    // ping, content_block_start, content_block_stop, and new event types.
+                    // ping, content_block_stop, and new event types.
                     _ => return Ok(http::Step::Skip),
                 }
                 Ok(http::Step::Chunk(chunk))
-            },
-        ))
+            }
+        }))
     }
 }
 
