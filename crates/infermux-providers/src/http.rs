@@ -91,6 +91,22 @@ impl Upstream {
         })
     }
 
+    /// An upstream on the pooled (reqwest) transport whatever its scheme, so
+    /// tests can drive that transport against plain-HTTP servers.
+    #[cfg(test)]
+    pub(crate) fn pooled(
+        provider: &str,
+        base_url: &str,
+        timeout: Duration,
+    ) -> Result<Self, ProviderError> {
+        Ok(Upstream {
+            provider: Arc::from(provider),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            transport: Transport::Pooled(Clients::new(timeout)?),
+            timeout,
+        })
+    }
+
     /// The provider's name, for messages.
     pub fn provider(&self) -> &Arc<str> {
         &self.provider
@@ -188,12 +204,19 @@ impl Upstream {
                     .await
                     .map_err(|e| transport_error(&e, &self.provider))?;
                 let provider = self.provider.clone();
+                let mut failed = false;
                 Ok(Streaming {
                     status: resp.status(),
                     headers: resp.headers().clone(),
+                    // Like the plain transport's: the first failure is the last item.
                     body: Box::pin(
                         resp.bytes_stream()
-                            .map(move |r| r.map_err(|e| transport_error(&e, &provider))),
+                            .map(move |r| r.map_err(|e| transport_error(&e, &provider)))
+                            .take_while(move |r| {
+                                let go = !failed;
+                                failed |= r.is_err();
+                                std::future::ready(go)
+                            }),
                     ),
                 })
             }

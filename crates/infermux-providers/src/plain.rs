@@ -446,38 +446,52 @@ mod tests {
         Upstream::new("local", url, timeout).unwrap()
     }
 
+    fn pooled(url: &str, timeout: Duration) -> Upstream {
+        Upstream::pooled("local", url, timeout).unwrap()
+    }
+
+    /// Both transports: behaviour the contract fixes must not depend on the
+    /// base URL's scheme.
+    const TRANSPORTS: [(&str, fn(&str, Duration) -> Upstream); 2] =
+        [("plain", upstream), ("pooled", pooled)];
+
     #[tokio::test]
     async fn one_connection_serves_call_after_call() {
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        let (url, accepted) = server(move |mut sock, _| {
-            let seen = seen.clone();
-            async move {
-                while let Some(req) = read_request(&mut sock).await {
-                    seen.lock().unwrap().push(req);
-                    sock.write_all(ok(r#"{"n":1}"#).as_bytes()).await.unwrap();
+        for (transport, make) in TRANSPORTS {
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let seen = requests.clone();
+            let (url, accepted) = server(move |mut sock, _| {
+                let seen = seen.clone();
+                async move {
+                    while let Some(req) = read_request(&mut sock).await {
+                        seen.lock().unwrap().push(req);
+                        sock.write_all(ok(r#"{"n":1}"#).as_bytes()).await.unwrap();
+                    }
                 }
+            })
+            .await;
+            let up = make(&url, Duration::from_secs(5));
+            for _ in 0..5 {
+                let answer = up.call(post(&url, r#"{"x":1}"#)).await.unwrap();
+                assert_eq!(answer.status, 200);
+                assert_eq!(&answer.body[..], br#"{"n":1}"#);
             }
-        })
-        .await;
-        let up = upstream(&url, Duration::from_secs(5));
-        for _ in 0..5 {
-            let answer = up.call(post(&url, r#"{"x":1}"#)).await.unwrap();
-            assert_eq!(answer.status, 200);
-            assert_eq!(&answer.body[..], br#"{"n":1}"#);
+            assert_eq!(accepted.load(Ordering::SeqCst), 1, "{transport}");
+            let requests = requests.lock().unwrap();
+            assert_eq!(requests.len(), 5);
+            let host = url.trim_start_matches("http://");
+            assert!(
+                requests[0].starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+                "{transport}: {}",
+                requests[0]
+            );
+            assert!(
+                requests[0].contains(&format!("host: {host}\r\n")),
+                "{transport}"
+            );
+            assert!(requests[0].contains("content-length: 7\r\n"), "{transport}");
+            assert!(requests[0].ends_with(r#"{"x":1}"#), "{transport}");
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        let requests = requests.lock().unwrap();
-        assert_eq!(requests.len(), 5);
-        let host = url.trim_start_matches("http://");
-        assert!(
-            requests[0].starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
-            "{}",
-            requests[0]
-        );
-        assert!(requests[0].contains(&format!("host: {host}\r\n")));
-        assert!(requests[0].contains("content-length: 7\r\n"));
-        assert!(requests[0].ends_with(r#"{"x":1}"#));
     }
 
     use std::sync::Mutex;
@@ -513,108 +527,167 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_cut_short_is_an_error_and_the_next_call_succeeds() {
-        let (url, _) = server(|mut sock, n| async move {
-            while read_request(&mut sock).await.is_some() {
-                if n == 1 {
-                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\"";
-                    sock.write_all(head.as_bytes()).await.unwrap();
-                    return;
+        for (transport, make) in TRANSPORTS {
+            let (url, _) = server(|mut sock, n| async move {
+                while read_request(&mut sock).await.is_some() {
+                    if n == 1 {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\"";
+                        sock.write_all(head.as_bytes()).await.unwrap();
+                        return;
+                    }
+                    sock.write_all(ok("{}").as_bytes()).await.unwrap();
                 }
-                sock.write_all(ok("{}").as_bytes()).await.unwrap();
-            }
-        })
-        .await;
-        let up = upstream(&url, Duration::from_secs(5));
-        let err = up.call(post(&url, "{}")).await.err().unwrap();
-        assert!(
-            matches!(&err, ProviderError::Unavailable(m) if m.contains("\"local\"")),
-            "{err:?}"
-        );
-        assert_eq!(up.call(post(&url, "{}")).await.unwrap().status, 200);
+            })
+            .await;
+            let up = make(&url, Duration::from_secs(5));
+            let err = up.call(post(&url, "{}")).await.err().unwrap();
+            assert!(
+                matches!(&err, ProviderError::Unavailable(m) if m.contains("\"local\"")),
+                "{transport}: {err:?}"
+            );
+            assert_eq!(up.call(post(&url, "{}")).await.unwrap().status, 200);
+        }
     }
 
     #[tokio::test]
     async fn chunked_bodies_arrive_piece_by_piece_and_reads_time_out() {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let rx = Arc::new(Mutex::new(Some(rx)));
-        let (url, _) = server(move |mut sock, _| {
-            let rx = rx.lock().unwrap().take();
-            async move {
-                read_request(&mut sock).await.unwrap();
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                sock.write_all(head.as_bytes()).await.unwrap();
-                sock.write_all(b"6\r\ndata: \r\n").await.unwrap();
-                // The second piece only once the first was read.
-                rx.unwrap().await.unwrap();
-                sock.write_all(b"3\r\nhi\n\r\n").await.unwrap();
-                // Then nothing: the read deadline ends the stream.
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            }
-        })
-        .await;
-        let up = upstream(&url, Duration::from_millis(300));
-        let mut resp = up.open(post(&url, "{}")).await.unwrap();
-        assert_eq!(resp.status, 200);
-        assert_eq!(&resp.body.next().await.unwrap().unwrap()[..], b"data: ");
-        tx.send(()).unwrap();
-        assert_eq!(&resp.body.next().await.unwrap().unwrap()[..], b"hi\n");
-        let started = Instant::now();
-        let err = resp.body.next().await.unwrap().err().unwrap();
-        assert!(matches!(err, ProviderError::Timeout(_)), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(resp.body.next().await.is_none());
+        for (transport, make) in TRANSPORTS {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let rx = Arc::new(Mutex::new(Some(rx)));
+            let (url, _) = server(move |mut sock, _| {
+                let rx = rx.lock().unwrap().take();
+                async move {
+                    read_request(&mut sock).await.unwrap();
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                    sock.write_all(head.as_bytes()).await.unwrap();
+                    sock.write_all(b"6\r\ndata: \r\n").await.unwrap();
+                    // The second piece only once the first was read.
+                    rx.unwrap().await.unwrap();
+                    sock.write_all(b"3\r\nhi\n\r\n").await.unwrap();
+                    // Then nothing: the read deadline ends the stream.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            })
+            .await;
+            let up = make(&url, Duration::from_millis(300));
+            let mut resp = up.open(post(&url, "{}")).await.unwrap();
+            assert_eq!(resp.status, 200);
+            assert_eq!(&resp.body.next().await.unwrap().unwrap()[..], b"data: ");
+            tx.send(()).unwrap();
+            assert_eq!(&resp.body.next().await.unwrap().unwrap()[..], b"hi\n");
+            let started = Instant::now();
+            let err = resp.body.next().await.unwrap().err().unwrap();
+            assert!(
+                matches!(err, ProviderError::Timeout(_)),
+                "{transport}: {err:?}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(10));
+            assert!(resp.body.next().await.is_none(), "{transport}");
+        }
     }
 
     #[tokio::test]
     async fn a_silent_upstream_times_out_and_a_closed_port_is_unavailable() {
-        let (url, _) = server(|mut sock, _| async move {
-            read_request(&mut sock).await;
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        })
-        .await;
-        let up = upstream(&url, Duration::from_millis(200));
-        let err = up.call(post(&url, "{}")).await.err().unwrap();
-        assert!(matches!(err, ProviderError::Timeout(_)), "{err:?}");
+        for (transport, make) in TRANSPORTS {
+            let (url, _) = server(|mut sock, _| async move {
+                read_request(&mut sock).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            })
+            .await;
+            let up = make(&url, Duration::from_millis(200));
+            let err = up.call(post(&url, "{}")).await.err().unwrap();
+            assert!(
+                matches!(err, ProviderError::Timeout(_)),
+                "{transport}: {err:?}"
+            );
 
-        let closed = {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            format!("http://{}", l.local_addr().unwrap())
-        };
-        let up = upstream(&closed, Duration::from_secs(5));
-        let err = up.call(post(&closed, "{}")).await.err().unwrap();
-        assert!(
-            matches!(&err, ProviderError::Unavailable(m) if m.contains("cannot connect")),
-            "{err:?}"
-        );
+            let closed = {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                format!("http://{}", l.local_addr().unwrap())
+            };
+            let up = make(&closed, Duration::from_secs(5));
+            let err = up.call(post(&closed, "{}")).await.err().unwrap();
+            assert!(
+                matches!(&err, ProviderError::Unavailable(m) if m.contains("cannot connect")),
+                "{transport}: {err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn error_statuses_are_classified_by_the_contract() {
+        for (transport, make) in TRANSPORTS {
+            let (url, _) = server(|mut sock, _| async move {
+                let mut n = 0;
+                while read_request(&mut sock).await.is_some() {
+                    n += 1;
+                    let (status, body) = match n {
+                        1 => (
+                            "400 Bad Request",
+                            r#"{"error":{"message":"bad tool schema"}}"#,
+                        ),
+                        2 => (
+                            "429 Too Many Requests",
+                            r#"{"error":{"message":"slow down"}}"#,
+                        ),
+                        _ => ("503 Service Unavailable", "<html>down</html>"),
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    sock.write_all(reply.as_bytes()).await.unwrap();
+                }
+            })
+            .await;
+            let up = make(&url, Duration::from_secs(5));
+            let err = up.call_ok(post(&url, "{}")).await.err().unwrap();
+            assert!(
+                matches!(&err, ProviderError::Rejected { status: 400, message } if message == "bad tool schema"),
+                "{transport}: {err:?}"
+            );
+            let err = up.call_ok(post(&url, "{}")).await.err().unwrap();
+            assert!(
+                matches!(&err, ProviderError::RateLimited(m) if m.contains("slow down")),
+                "{transport}: {err:?}"
+            );
+            let err = up.call_stream(post(&url, "{}")).await.err().unwrap();
+            assert!(
+                matches!(&err, ProviderError::Unavailable(m) if m.contains("503") && m.contains("<html>down</html>")),
+                "{transport}: {err:?}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn dropping_a_body_midway_closes_its_connection() {
-        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
-        let closed_tx = Arc::new(Mutex::new(Some(closed_tx)));
-        let (url, accepted) = server(move |mut sock, _| {
-            let closed_tx = closed_tx.lock().unwrap().take();
-            async move {
-                read_request(&mut sock).await.unwrap();
-                let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n";
-                sock.write_all(head.as_bytes()).await.unwrap();
-                let mut rest = Vec::new();
-                let _ = sock.read_to_end(&mut rest).await;
-                if let Some(tx) = closed_tx {
-                    let _ = tx.send(());
+        for (transport, make) in TRANSPORTS {
+            let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+            let closed_tx = Arc::new(Mutex::new(Some(closed_tx)));
+            let (url, accepted) = server(move |mut sock, _| {
+                let closed_tx = closed_tx.lock().unwrap().take();
+                async move {
+                    read_request(&mut sock).await.unwrap();
+                    let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n";
+                    sock.write_all(head.as_bytes()).await.unwrap();
+                    let mut rest = Vec::new();
+                    let _ = sock.read_to_end(&mut rest).await;
+                    if let Some(tx) = closed_tx {
+                        let _ = tx.send(());
+                    }
                 }
-            }
-        })
-        .await;
-        let up = upstream(&url, Duration::from_secs(5));
-        let mut resp = up.open(post(&url, "{}")).await.unwrap();
-        assert_eq!(&resp.body.next().await.unwrap().unwrap()[..], b"hi");
-        drop(resp);
-        tokio::time::timeout(Duration::from_secs(5), closed_rx)
-            .await
-            .expect("the upstream saw its connection close")
-            .unwrap();
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+            })
+            .await;
+            let up = make(&url, Duration::from_secs(5));
+            let mut resp = up.open(post(&url, "{}")).await.unwrap();
+            assert_eq!(&resp.body.next().await.unwrap().unwrap()[..], b"hi");
+            drop(resp);
+            tokio::time::timeout(Duration::from_secs(5), closed_rx)
+                .await
+                .unwrap_or_else(|_| panic!("{transport}: the upstream saw its connection close"))
+                .unwrap();
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        }
     }
 
     #[tokio::test]
