@@ -452,8 +452,8 @@ mod tests {
 
     /// Both transports: behaviour the contract fixes must not depend on the
     /// base URL's scheme.
-    const TRANSPORTS: [(&str, fn(&str, Duration) -> Upstream); 2] =
-        [("plain", upstream), ("pooled", pooled)];
+    type Make = fn(&str, Duration) -> Upstream;
+    const TRANSPORTS: [(&str, Make); 2] = [("plain", upstream), ("pooled", pooled)];
 
     #[tokio::test]
     async fn one_connection_serves_call_after_call() {
