@@ -109,10 +109,15 @@ fn parts_text(i: usize, parts: &[Value]) -> Result<String, Error> {
 impl ChatCompletionRequest {
     /// The core request, or the first problem, naming its field.
     fn into_core(self) -> Result<(InferRequest, bool, bool), Error> {
-        if let Some(n) = self.n
-            && n != 1
-        {
-            return Err(Error::invalid(format!("n: {n} is not supported (only 1)")));
+        let mut extra = self.extra;
+        match self.n {
+            None | Some(1) => {}
+            Some(n) if n < 1 => return Err(Error::invalid(format!("n: {n} is less than 1"))),
+            // Several choices: OpenAI-compatible providers give them; others
+            // refuse.
+            Some(n) => {
+                extra.insert("n".to_owned(), Value::from(n));
+            }
         }
         let mut messages = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.into_iter().enumerate() {
@@ -168,20 +173,29 @@ impl ChatCompletionRequest {
                 stop,
             },
             meta: Default::default(),
-            extra: (!self.extra.is_empty()).then(|| Arc::new(self.extra)),
+            extra: (!extra.is_empty()).then(|| Arc::new(extra)),
         };
         Ok((req, self.stream, include_usage))
     }
 }
 
 #[derive(Serialize)]
-struct ChatCompletion<'a> {
+struct ChatCompletion<'a, C> {
     id: &'a str,
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: [Choice<'a>; 1],
+    /// Ours (`[Choice; 1]`), or an OpenAI-compatible provider's as it sent them.
+    choices: C,
     usage: Usage,
+}
+
+/// Choices we build, or a provider's verbatim.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Either<'a, T> {
+    Ours(T),
+    Raw(&'a infermux::RawJson),
 }
 
 #[derive(Serialize)]
@@ -224,7 +238,7 @@ struct ChunkBody<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: Vec<ChunkChoice<'a>>,
+    choices: Either<'a, Vec<ChunkChoice<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Usage>,
 }
@@ -275,12 +289,8 @@ pub async fn chat_completions(
     let routed = state.router.call(&req, &ctx).await?;
     let r = &routed.response;
     let id = completion_id();
-    let body = ChatCompletion {
-        id: &id,
-        object: "chat.completion",
-        created: unix_now(),
-        model: &r.model,
-        choices: [Choice {
+    let one = || {
+        [Choice {
             index: 0,
             message: Message {
                 role: "assistant",
@@ -290,11 +300,21 @@ pub async fn chat_completions(
             },
             finish_reason: &r.finish_reason,
             logprobs: None,
-        }],
+        }]
+    };
+    let body = |choices| ChatCompletion {
+        id: &id,
+        object: "chat.completion",
+        created: unix_now(),
+        model: &r.model,
+        choices,
         usage: Usage::new(r.tokens_in, r.tokens_out),
     };
-    let bytes = serde_json::to_vec(&body)
-        .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
+    let encoded = match &r.choices {
+        Some(raw) => serde_json::to_vec(&body(Either::Raw(raw))),
+        None => serde_json::to_vec(&body(Either::Ours(one()))),
+    };
+    let bytes = encoded.map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
     Ok(json_response(bytes, &routed))
 }
 
@@ -326,6 +346,9 @@ struct StreamState {
     include_usage: bool,
     usage: (u64, u64),
     phase: Phase,
+    /// The first item (chunk, failure or end), read before the first event
+    /// is chosen.
+    pending: Option<Option<Result<infermux::InferChunk, Error>>>,
 }
 
 impl StreamState {
@@ -335,12 +358,24 @@ impl StreamState {
             object: "chat.completion.chunk",
             created: self.created,
             model: &self.model,
-            choices: vec![ChunkChoice {
+            choices: Either::Ours(vec![ChunkChoice {
                 index: 0,
                 delta,
                 finish_reason,
                 logprobs: None,
-            }],
+            }]),
+            usage: None,
+        })
+    }
+
+    /// A provider's chunk choices, verbatim.
+    fn raw_chunk(&self, choices: &infermux::RawJson) -> Bytes {
+        sse_event(&ChunkBody {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: Either::Raw(choices),
             usage: None,
         })
     }
@@ -352,6 +387,14 @@ impl StreamState {
             match self.phase {
                 Phase::First => {
                     self.phase = Phase::Chunks;
+                    // A provider that sends its own choices sends its own
+                    // first chunk (the role) too.
+                    let first = self.routed.next().await;
+                    let theirs = matches!(&first, Some(Ok(c)) if c.choices.is_some());
+                    self.pending = Some(first);
+                    if theirs {
+                        continue;
+                    }
                     return Some(self.chunk(
                         Delta {
                             role: Some("assistant"),
@@ -361,10 +404,16 @@ impl StreamState {
                         None,
                     ));
                 }
-                Phase::Chunks => match self.routed.next().await {
+                Phase::Chunks => match match self.pending.take() {
+                    Some(first) => first,
+                    None => self.routed.next().await,
+                } {
                     Some(Ok(c)) => {
                         self.usage.0 += c.tokens_in;
                         self.usage.1 += c.tokens_out;
+                        if let Some(choices) = &c.choices {
+                            return Some(self.raw_chunk(choices));
+                        }
                         let finish =
                             (!c.finish_reason.is_empty()).then_some(c.finish_reason.as_str());
                         if c.delta.is_empty() && finish.is_none() && c.tool_calls.is_none() {
@@ -405,7 +454,7 @@ impl StreamState {
                         object: "chat.completion.chunk",
                         created: self.created,
                         model: &self.model,
-                        choices: Vec::new(),
+                        choices: Either::Ours(Vec::new()),
                         usage: Some(Usage::new(self.usage.0, self.usage.1)),
                     }));
                 }
@@ -444,6 +493,7 @@ async fn stream_completion(
         include_usage,
         usage: (0, 0),
         phase: Phase::First,
+        pending: None,
     };
     // Dropping the body (the client went away) drops the routed stream, which
     // cancels the upstream request.

@@ -1361,3 +1361,100 @@ async fn image_parts_pass_through_to_openai_compatible_providers_only() {
     );
     assert!(up.seen().is_empty());
 }
+
+#[tokio::test]
+async fn choices_reach_the_caller_as_the_provider_sent_them() {
+    // Several choices, logprobs, refusal and a reasoning model's extra field.
+    let choices = json!([
+        {"index": 0, "message": {"role": "assistant", "content": "Paris.", "refusal": null,
+            "reasoning_content": "The capital of France..."},
+         "logprobs": {"content": [{"token": "Paris", "logprob": -0.01, "top_logprobs": []}]},
+         "finish_reason": "stop"},
+        {"index": 1, "message": {"role": "assistant", "content": "It is Paris.", "refusal": null},
+         "logprobs": null, "finish_reason": "stop"}
+    ]);
+    let up = Upstream::start().await;
+    up.reply(Reply::Json(
+        200,
+        json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+               "choices": choices, "usage": {"prompt_tokens": 8, "completion_tokens": 6, "total_tokens": 14}}),
+    ));
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let (status, _, body) = gw
+        .chat(json!({"model": "gpt-4o", "n": 2, "logprobs": true,
+                     "messages": [{"role": "user", "content": "Capital of France?"}]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"], choices);
+    assert_eq!(body["model"], "gpt-4o");
+    assert_eq!(body["usage"]["total_tokens"], 14);
+    let seen = up.last();
+    assert_eq!(
+        (seen.body["n"].clone(), seen.body["logprobs"].clone()),
+        (json!(2), json!(true))
+    );
+    assert_eq!(gw.spans.spans().pop().unwrap().attrs.finish_reason, "stop");
+
+    // Streamed: the provider's chunks, interleaved choices included, and its
+    // own first (role) chunk instead of infermux's.
+    let chunk = |choices: Value| {
+        data(
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices}),
+        )
+    };
+    let sent = [
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null},
+               {"index": 1, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+        json!([{"index": 0, "delta": {"reasoning_content": "Think."}, "finish_reason": null}]),
+        json!([{"index": 1, "delta": {"content": "It is "}, "finish_reason": null}]),
+        json!([{"index": 0, "delta": {"content": "Paris."}, "finish_reason": null}]),
+        json!([{"index": 1, "delta": {"content": "Paris."}, "finish_reason": "stop"}]),
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+    ];
+    let mut events: Vec<String> = sent.iter().cloned().map(chunk).collect();
+    events.push(data(json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13}})));
+    events.push("data: [DONE]\n\n".to_owned());
+    up.reply(Reply::Sse(events));
+    let (text, values, done) = parse(
+        &gw.chat_stream(json!({"model": "gpt-4o", "n": 2, "stream": true,
+                               "stream_options": {"include_usage": true},
+                               "messages": [{"role": "user", "content": "Capital of France?"}]}))
+            .await,
+    );
+    assert!(done);
+    assert_eq!(
+        text, "It is Paris.Paris.",
+        "first choice of each chunk, in order"
+    );
+    let got: Vec<&Value> = values
+        .iter()
+        .filter(|v| v["choices"] != json!([]))
+        .map(|v| &v["choices"])
+        .collect();
+    assert_eq!(
+        got,
+        sent.iter().collect::<Vec<_>>(),
+        "every chunk's choices verbatim, nothing added"
+    );
+    assert!(values.iter().all(|v| v["model"] == "gpt-4o"));
+    assert_eq!(values.last().unwrap()["usage"]["total_tokens"], 13);
+}
+
+#[tokio::test]
+async fn several_choices_are_refused_by_providers_that_give_one() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&anthropic_config(&up)).await;
+    let (status, _, body) = gw
+        .chat(json!({"model": "claude-sonnet-4-5", "n": 3, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("n: 3"),
+        "{body}"
+    );
+    assert!(up.seen().is_empty());
+}

@@ -194,6 +194,14 @@ fn messages_request<'a>(
         }
     }
     let extra = req.extra.as_deref();
+    if let Some(n) = extra.and_then(|e| e.get("n"))
+        && n != 1
+    {
+        return Err(invalid(
+            "n",
+            &format!("{n}: anthropic providers give one choice"),
+        ));
+    }
     let tools = match extra.and_then(|e| e.get("tools")) {
         None | Some(Value::Null) => None,
         Some(tools) => Some(anthropic_tools(tools)?),

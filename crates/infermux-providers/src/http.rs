@@ -573,6 +573,7 @@ where
                             && c.tokens_in == 0
                             && c.tokens_out == 0
                             && c.tool_calls.is_none()
+                            && c.choices.is_none()
                         {
                             continue;
                         }

@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use infermux::config::{ProviderConfig, ProviderKind};
 use infermux::{
     CallContext, ChunkStream, EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse,
-    Provider, ProviderError,
+    Provider, ProviderError, RawJson,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::{http, tokens};
@@ -248,17 +249,37 @@ fn chat_request<'a>(model: &'a str, req: &'a InferRequest, stream: bool) -> Chat
 
 #[derive(Deserialize)]
 struct ChatResponse {
-    #[serde(default)]
-    choices: Vec<Choice>,
+    /// Kept as sent, for the caller; read again, typed, for the first choice.
+    choices: Option<Box<RawValue>>,
     usage: Option<Usage>,
     error: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct Choice {
+    #[serde(default)]
+    index: u64,
     message: Option<ChoiceMessage>,
     delta: Option<ChoiceMessage>,
     finish_reason: Option<String>,
+}
+
+/// The typed choices of a raw `choices` array, and the array itself when it
+/// has any (a usage-only stream chunk has none).
+fn read_choices(
+    raw: Option<Box<RawValue>>,
+    provider: &str,
+) -> Result<(Vec<Choice>, Option<RawJson>), ProviderError> {
+    let Some(raw) = raw else {
+        return Ok((Vec::new(), None));
+    };
+    let choices: Vec<Choice> = serde_json::from_str(raw.get()).map_err(|e| {
+        ProviderError::Unavailable(format!(
+            "provider \"{provider}\" sent unreadable choices: {e}"
+        ))
+    })?;
+    let raw = (!choices.is_empty()).then(|| RawJson::new(raw));
+    Ok((choices, raw))
 }
 
 #[derive(Deserialize)]
@@ -348,7 +369,8 @@ impl Provider for OpenAiProvider {
         if let Some(error) = &parsed.error {
             return Err(error_body(&self.name, error));
         }
-        let Some(choice) = parsed.choices.into_iter().next() else {
+        let (choices, raw) = read_choices(parsed.choices, &self.name)?;
+        let Some(choice) = choices.into_iter().find(|c| c.index == 0) else {
             return Err(ProviderError::Unavailable(format!(
                 "provider \"{}\" answered with no choices",
                 self.name
@@ -369,6 +391,7 @@ impl Provider for OpenAiProvider {
             finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".to_owned()),
             usage_estimated,
             tool_calls: tool_calls.map(Arc::new),
+            choices: raw,
             ..Default::default()
         })
     }
@@ -447,7 +470,9 @@ impl Provider for OpenAiProvider {
                     return Err(error_body(&provider, error));
                 }
                 let mut chunk = InferChunk::default();
-                if let Some(choice) = parsed.choices.into_iter().next() {
+                let (choices, raw) = read_choices(parsed.choices, &provider)?;
+                chunk.choices = raw;
+                if let Some(choice) = choices.into_iter().find(|c| c.index == 0) {
                     if let Some(d) = choice.delta {
                         chunk.delta = d.content.unwrap_or_default();
                         chunk.tool_calls = d.tool_calls;

@@ -94,6 +94,7 @@ impl Provider for EchoProvider {
         _ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
+        one_choice(req)?;
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
@@ -131,6 +132,7 @@ impl Provider for EchoProvider {
         _ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
+        one_choice(req)?;
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
@@ -175,6 +177,16 @@ fn echo_vector(text: &str) -> Vec<f32> {
         .sqrt()
         .max(f32::EPSILON);
     raw.into_iter().map(|x| x / norm).collect()
+}
+
+/// The echo provider answers one choice; asking for more is refused.
+fn one_choice(req: &InferRequest) -> Result<(), ProviderError> {
+    match req.extra.as_ref().and_then(|e| e.get("n")) {
+        Some(n) if n != 1 => Err(ProviderError::InvalidRequest(format!(
+            "n: {n}: the echo provider gives one choice"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

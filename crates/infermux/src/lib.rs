@@ -42,7 +42,8 @@ pub use registry::Registry;
 pub use router::{RequestContext, Router};
 pub use trace::{NoopSink, SpanSink, TraceContext, TraceSpan};
 pub use types::{
-    ChatMessage, EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, Params, Role,
+    ChatMessage, EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, Params,
+    RawJson, Role,
 };
 
 /// Maximum size of one MIST message or HTTP request body, in bytes (10 MiB).

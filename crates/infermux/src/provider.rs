@@ -128,6 +128,7 @@ pub trait Provider: Send + Sync + 'static {
             finish_reason: resp.finish_reason,
             tool_calls: resp.tool_calls.map(|t| (*t).clone()),
             usage_estimated: resp.usage_estimated,
+            choices: None,
         };
         Ok(Box::pin(futures_util::stream::iter([Ok(chunk)])))
     }

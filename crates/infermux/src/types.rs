@@ -195,6 +195,41 @@ pub struct InferResponse {
     /// of the MIST wire format.
     #[serde(skip)]
     pub tool_calls: Option<std::sync::Arc<serde_json::Value>>,
+    /// An OpenAI-compatible provider's `choices`, exactly as it sent them: the
+    /// OpenAI edge answers with them verbatim, so several choices (`n`),
+    /// `logprobs`, `refusal`, `reasoning_content` and whatever else the
+    /// provider adds reach the caller. `content`, `finish_reason` and
+    /// `tool_calls` hold the first choice's. Not part of the MIST wire format.
+    #[serde(skip)]
+    pub choices: Option<RawJson>,
+}
+
+/// JSON carried through as a provider wrote it.
+#[derive(Debug, Clone)]
+pub struct RawJson(pub std::sync::Arc<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// Keeps `raw` as it is.
+    pub fn new(raw: Box<serde_json::value::RawValue>) -> Self {
+        RawJson(std::sync::Arc::from(raw))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 /// A request for embeddings of one or more texts.
@@ -238,6 +273,10 @@ pub struct InferChunk {
     /// usage for the stream.
     #[serde(skip)]
     pub usage_estimated: bool,
+    /// An OpenAI-compatible provider's `choices` of this chunk, exactly as it
+    /// sent them (see [`InferResponse::choices`]).
+    #[serde(skip)]
+    pub choices: Option<RawJson>,
 }
 
 #[cfg(test)]
@@ -280,6 +319,7 @@ mod tests {
             finish_reason: "stop".into(),
             usage_estimated: false,
             tool_calls: None,
+            choices: None,
         };
         assert_eq!(
             serde_json::to_string(&resp).unwrap(),
