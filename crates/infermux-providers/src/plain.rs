@@ -15,7 +15,7 @@
 //! replaced by a fresh connection once.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -66,8 +66,18 @@ struct Idle {
 }
 
 thread_local! {
-    /// This thread's idle connections, by upstream.
-    static IDLE: RefCell<HashMap<u64, Vec<Idle>>> = RefCell::default();
+    /// This thread's idle connections, by upstream, oldest first.
+    static IDLE: RefCell<HashMap<u64, VecDeque<Idle>>> = RefCell::default();
+}
+
+/// Drops the connections that waited too long (from the front: the oldest).
+fn expire(conns: &mut VecDeque<Idle>) {
+    while conns
+        .front()
+        .is_some_and(|c| c.since.elapsed() >= IDLE_TIMEOUT)
+    {
+        conns.pop_front();
+    }
 }
 
 /// One plain-HTTP upstream (scheme, host and port of a provider's base URL).
@@ -162,8 +172,10 @@ impl Plain {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let conns = idle.get_mut(&self.id)?;
-            while let Some(mut c) = conns.pop() {
-                if c.since.elapsed() < IDLE_TIMEOUT && c.conn.usable() {
+            expire(conns);
+            // The most recently used first: the likeliest to be alive.
+            while let Some(mut c) = conns.pop_back() {
+                if c.conn.usable() {
                     return Some(c.conn);
                 }
             }
@@ -336,8 +348,9 @@ impl Body {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let conns = idle.entry(pool).or_default();
+            expire(conns);
             if conns.len() < MAX_IDLE {
-                conns.push(Idle {
+                conns.push_back(Idle {
                     conn,
                     since: Instant::now(),
                 });
@@ -715,5 +728,37 @@ mod tests {
             drop(resp);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_host_header_and_socket_address_come_from_the_base_url() {
+        let plain =
+            |u: &str| Plain::new(&url::Url::parse(u).unwrap(), Duration::from_secs(1)).unwrap();
+        let p = plain("http://localhost/v1");
+        assert_eq!((p.host.as_str(), p.port), ("localhost", 80));
+        assert_eq!(p.authority, "localhost");
+        let p = plain("http://[::1]:8000/v1");
+        assert_eq!((p.host.as_str(), p.port), ("::1", 8000));
+        assert_eq!(p.authority, "[::1]:8000");
+        let p = plain("http://vllm.internal:8000");
+        assert_eq!((p.host.as_str(), p.port), ("vllm.internal", 8000));
+        assert_eq!(p.authority, "vllm.internal:8000");
+        assert_eq!(p.connect_timeout, Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_upstream_is_reached() {
+        let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+            return; // no IPv6 loopback on this machine
+        };
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let req = read_request(&mut sock).await.unwrap();
+            assert!(req.contains("host: [::1]:"), "{req}");
+            sock.write_all(ok("{}").as_bytes()).await.unwrap();
+        });
+        let up = upstream(&url, Duration::from_secs(5));
+        assert_eq!(up.call(post(&url, "{}")).await.unwrap().status, 200);
     }
 }
