@@ -378,6 +378,13 @@ fn openai_python_sdk_works_against_serve() {
     assert_eq!(served.terminate(), 0);
 }
 
+/// The official OpenAI SDK through `serve` to OpenAI-, Anthropic-, Azure- and
+/// Ollama-shaped upstreams (the script runs the fake upstreams and the binary).
+#[test]
+fn openai_python_sdk_works_through_every_provider_shape() {
+    run_interop("openai_sdk_providers.py", env!("CARGO_BIN_EXE_infermux"));
+}
+
 /// Runs one of `tests/interop/*.py` against `target`; it must pass every check.
 fn run_interop(script: &str, target: &str) {
     let python = interop_python();
