@@ -169,7 +169,8 @@ impl Plain {
     }
 
     fn take(&self) -> Option<Conn> {
-        IDLE.with(|idle| {
+        // `try_with`: a thread tearing down its thread-locals has no pool.
+        IDLE.try_with(|idle| {
             let mut idle = idle.borrow_mut();
             let conns = idle.get_mut(&self.id)?;
             expire(conns);
@@ -181,6 +182,8 @@ impl Plain {
             }
             None
         })
+        .ok()
+        .flatten()
     }
 
     async fn connect(&self, provider: &str) -> Result<Conn, ProviderError> {
@@ -345,7 +348,7 @@ impl Body {
             return;
         }
         let pool = self.pool;
-        IDLE.with(|idle| {
+        let _ = IDLE.try_with(|idle| {
             let mut idle = idle.borrow_mut();
             let conns = idle.entry(pool).or_default();
             expire(conns);
