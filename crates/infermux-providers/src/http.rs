@@ -127,12 +127,6 @@ impl Upstream {
     /// timeout. A connection failure or timeout is a [`ProviderError`]; any
     /// answer, even an error status, is returned.
     pub async fn call(&self, req: Request) -> Result<Answer, ProviderError> {
-        let timed_out = || {
-            ProviderError::Timeout(format!(
-                "provider \"{}\" did not answer in time",
-                self.provider
-            ))
-        };
         match &self.transport {
             Transport::Plain(plain) => {
                 let exchange = async {
@@ -149,18 +143,10 @@ impl Upstream {
                 };
                 tokio::time::timeout(self.timeout, exchange)
                     .await
-                    .map_err(|_| timed_out())?
+                    .map_err(|_| self.timed_out())?
             }
             Transport::Pooled(clients) => {
-                let mut req = reqwest::Request::try_from(req).map_err(|e| {
-                    ProviderError::Internal(format!("cannot build the upstream request: {e}"))
-                })?;
-                *req.timeout_mut() = Some(self.timeout);
-                let resp = clients
-                    .get()?
-                    .execute(req)
-                    .await
-                    .map_err(|e| transport_error(&e, &self.provider))?;
+                let resp = self.execute(clients, req, Some(self.timeout)).await?;
                 let status = resp.status();
                 let body = resp
                     .bytes()
@@ -182,12 +168,7 @@ impl Upstream {
                     plain.send(origin_form(req), &self.provider),
                 )
                 .await
-                .map_err(|_| {
-                    ProviderError::Timeout(format!(
-                        "provider \"{}\" did not answer in time",
-                        self.provider
-                    ))
-                })??;
+                .map_err(|_| self.timed_out())??;
                 Ok(Streaming {
                     status: resp.status,
                     headers: resp.headers,
@@ -195,14 +176,7 @@ impl Upstream {
                 })
             }
             Transport::Pooled(clients) => {
-                let req = reqwest::Request::try_from(req).map_err(|e| {
-                    ProviderError::Internal(format!("cannot build the upstream request: {e}"))
-                })?;
-                let resp = clients
-                    .get()?
-                    .execute(req)
-                    .await
-                    .map_err(|e| transport_error(&e, &self.provider))?;
+                let resp = self.execute(clients, req, None).await?;
                 let provider = self.provider.clone();
                 let mut failed = false;
                 Ok(Streaming {
@@ -221,6 +195,33 @@ impl Upstream {
                 })
             }
         }
+    }
+
+    fn timed_out(&self) -> ProviderError {
+        ProviderError::Timeout(format!(
+            "provider \"{}\" did not answer in time",
+            self.provider
+        ))
+    }
+
+    /// Sends `req` on this thread's reqwest client; `total` bounds the whole
+    /// exchange, body included (the client's own timeouts bound connecting and
+    /// each read).
+    async fn execute(
+        &self,
+        clients: &Clients,
+        req: Request,
+        total: Option<Duration>,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut req = reqwest::Request::try_from(req).map_err(|e| {
+            ProviderError::Internal(format!("cannot build the upstream request: {e}"))
+        })?;
+        *req.timeout_mut() = total;
+        clients
+            .get()?
+            .execute(req)
+            .await
+            .map_err(|e| transport_error(&e, &self.provider))
     }
 
     /// Sends `req` and reads a 2xx JSON answer as `T`; anything else is the
