@@ -1317,7 +1317,7 @@ async fn anthropic_tool_use_streams_as_openai_tool_call_deltas() {
 }
 
 #[tokio::test]
-async fn image_parts_pass_through_to_openai_compatible_providers_only() {
+async fn image_parts_reach_openai_compatible_and_anthropic_providers() {
     let parts = json!([
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}
@@ -1348,18 +1348,51 @@ async fn image_parts_pass_through_to_openai_compatible_providers_only() {
     assert_eq!(status, 200);
     assert_eq!(up.last().body["messages"][0]["content"], "Hello world");
 
+    // Anthropic: image blocks, from base64 data or from a URL.
     let up = Upstream::start().await;
+    up.always(Reply::Json(
+        200,
+        json!({"type": "message", "content": [{"type": "text", "text": "A cat."}],
+        "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}),
+    ));
     let gw = Gateway::start(&anthropic_config(&up)).await;
     let (status, _, body) = gw.chat(req("claude-sonnet-4-5")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "A cat.");
+    assert_eq!(
+        up.last().body["messages"],
+        json!([{"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+        ]}])
+    );
+    let (status, _, _) = gw
+        .chat(
+            json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        up.last().body["messages"][0]["content"],
+        json!([{"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}])
+    );
+
+    // Parts Anthropic has no block for are refused, named; nothing is sent.
+    let before = up.seen().len();
+    let (status, _, body) = gw
+        .chat(json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi"}, {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}]}]}))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .starts_with("messages[0].content: parts other than text"),
+            .starts_with("messages[0].content[1].type: input_audio parts are not supported"),
         "{body}"
     );
-    assert!(up.seen().is_empty());
+    assert_eq!(up.seen().len(), before);
 }
 
 #[tokio::test]

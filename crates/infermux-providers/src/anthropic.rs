@@ -4,7 +4,8 @@
 //! top-level `system`; `stop` becomes `stop_sequences`; `max_tokens`, which
 //! Anthropic requires, defaults to [`DEFAULT_MAX_TOKENS`]; OpenAI tool calling
 //! (`tools`, `tool_choice`, `tool_calls`, `tool` messages) becomes Anthropic's
-//! tools and `tool_use` / `tool_result` blocks; other fields Anthropic cannot
+//! tools and `tool_use` / `tool_result` blocks, `image_url` parts image blocks;
+//! other fields Anthropic cannot
 //! take (OpenAI extras) are dropped. Back: text blocks are joined, `tool_use`
 //! blocks become `tool_calls`, `stop_reason` maps to OpenAI's `finish_reason`,
 //! usage is read; stream events (text and `input_json_delta`) become chunks.
@@ -122,15 +123,17 @@ struct WireMessage<'a> {
 #[serde(untagged)]
 enum WireContent<'a> {
     Text(&'a str),
-    /// Content blocks: text, `tool_use` (the assistant's calls), `tool_result`.
+    /// Content blocks: text, image, `tool_use` (the assistant's calls),
+    /// `tool_result`.
     Blocks(Vec<Value>),
 }
 
 /// The Messages API request. OpenAI tool calling is translated: `tools` and
 /// `tool_choice` to Anthropic's shapes, an assistant message's `tool_calls` to
 /// `tool_use` blocks, `tool` messages to `tool_result` blocks of a user turn
-/// (consecutive results share one). Non-text content parts are refused (a 400
-/// naming the message): dropping them would change the conversation.
+/// (consecutive results share one). Images become image blocks; other content
+/// parts are refused (a 400 naming the part): dropping them would change the
+/// conversation.
 fn messages_request<'a>(
     model: &'a str,
     req: &'a InferRequest,
@@ -139,10 +142,19 @@ fn messages_request<'a>(
     let mut system: Vec<&str> = Vec::new();
     let mut messages: Vec<WireMessage<'a>> = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
-        if m.parts().is_some() {
-            return Err(ProviderError::InvalidRequest(format!(
-                "messages[{i}].content: parts other than text are not supported by anthropic providers"
-            )));
+        if let Some(parts) = m.parts() {
+            // Images: a user turn of content blocks.
+            if !matches!(m.role, Role::User) {
+                return Err(invalid(
+                    &format!("messages[{i}].content"),
+                    "anthropic providers take images in user messages only",
+                ));
+            }
+            messages.push(WireMessage {
+                role: "user",
+                content: WireContent::Blocks(content_blocks(i, parts)?),
+            });
+            continue;
         }
         let calls = m.extra.as_ref().and_then(|e| e.get("tool_calls"));
         match (&m.role, calls) {
@@ -223,6 +235,50 @@ fn messages_request<'a>(
         tools,
         tool_choice,
     })
+}
+
+/// OpenAI content parts as Anthropic content blocks: text stays text;
+/// `image_url` becomes an image from base64 data (a `data:` URL) or from a URL.
+/// Other parts (audio, files) have no equivalent here and are refused.
+fn content_blocks(i: usize, parts: &Value) -> Result<Vec<Value>, ProviderError> {
+    let parts = parts.as_array().map(Vec::as_slice).unwrap_or_default();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let at = |f: &str| format!("messages[{i}].content[{j}]{f}");
+            match p["type"].as_str() {
+                Some("text") => Ok(json!({"type": "text", "text": p["text"]})),
+                Some("image_url") => {
+                    let url = p["image_url"]["url"]
+                        .as_str()
+                        .ok_or_else(|| invalid(&at(".image_url.url"), "must be a string"))?;
+                    let source = match url.strip_prefix("data:") {
+                        Some(data) => {
+                            let (media_type, base64) = data
+                                .split_once(";base64,")
+                                .ok_or_else(|| {
+                                    invalid(
+                                        &at(".image_url.url"),
+                                        "a data URL must be data:<media type>;base64,<data>",
+                                    )
+                                })?;
+                            json!({"type": "base64", "media_type": media_type, "data": base64})
+                        }
+                        None => json!({"type": "url", "url": url}),
+                    };
+                    Ok(json!({"type": "image", "source": source}))
+                }
+                other => Err(invalid(
+                    &at(".type"),
+                    &format!(
+                        "{} parts are not supported by anthropic providers (text and image_url are)",
+                        other.unwrap_or("untyped")
+                    ),
+                )),
+            }
+        })
+        .collect()
 }
 
 fn invalid(field: &str, what: &str) -> ProviderError {
