@@ -71,18 +71,39 @@ pub fn serve_per_core(
                         .enable_all()
                         .build()?;
                     rt.block_on(async move {
+                        tokio::spawn(timer_anchor());
                         let listener = bind_reuseport(local)?;
                         serve(listener, app, stopped(stop), grace).await
                     })
                 })?,
         );
     }
-    rt.block_on(serve(first, app, stopped(shutdown), grace))?;
+    rt.block_on(async {
+        tokio::spawn(timer_anchor());
+        serve(first, app, stopped(shutdown), grace).await
+    })?;
     for h in handles {
         h.join()
             .map_err(|_| std::io::Error::other("a server thread panicked"))??;
     }
     Ok(())
+}
+
+/// Keeps a timer due within 250 ms on this runtime, forever.
+///
+/// Every proxied call registers a timer (its provider timeout). When a runtime
+/// parks with no timer pending, tokio wakes its own driver for the next timer
+/// registered (an eventfd write, then one more `epoll_wait` round) — so on a
+/// quiet runtime every call paid a system call and a wake-up. With a timer
+/// always due sooner than any call's timeout, registering one is just a wheel
+/// insert. Measured at c=1 (servers on one core, wrk on the other): p50
+/// 112 → 108 µs through infermux. The cost: one wake-up per 250 ms per thread.
+async fn timer_anchor() {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 /// A listener on `addr` that other listeners on the same address may share
