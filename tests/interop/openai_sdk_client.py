@@ -71,6 +71,13 @@ def main(base):
 
     models = [m.id for m in client.models.list()]
     check(models == ["echo-v1"], f"models {models}")
+    one = client.models.retrieve("echo-v1")
+    check(one.id == "echo-v1" and one.owned_by == "echo", f"models.retrieve {one}")
+    try:
+        client.models.retrieve("no-such-model")
+        check(False, "retrieving an unknown model fails")
+    except openai.NotFoundError as e:
+        check(e.status_code == 404, "models.retrieve of an unknown model -> 404")
 
     emb = client.embeddings.create(model="echo-v1", input=["hello", "world"])
     check(len(emb.data) == 2 and len(emb.data[0].embedding) == 8, "embeddings (SDK default base64 decoding)")

@@ -82,6 +82,7 @@ fn api_routes() -> axum::Router<Arc<AppState>> {
         .route("/providers", get(routes::providers))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*model}", get(openai::model))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/_infermux/health", get(routes::health))
 }

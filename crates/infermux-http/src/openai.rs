@@ -518,8 +518,9 @@ struct ModelEntry {
     owned_by: String,
 }
 
-/// `GET /v1/models`: every routable model and alias, first provider wins.
-pub async fn models(State(state): State<Arc<AppState>>) -> Response {
+/// Every routable model and alias, each once, the first provider serving it
+/// as its owner.
+fn model_entries(state: &AppState) -> Vec<ModelEntry> {
     let mut seen = std::collections::HashSet::new();
     let mut data = Vec::new();
     for e in state.router.registry().entries() {
@@ -534,11 +535,29 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
             }
         }
     }
+    data
+}
+
+/// `GET /v1/models`: every routable model and alias, first provider wins.
+pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(ModelList {
         object: "list",
-        data,
+        data: model_entries(&state),
     })
     .into_response()
+}
+
+/// `GET /v1/models/{model}`: one model, as OpenAI's `models.retrieve` reads it;
+/// a 404 `model_not_found` when nothing routes it.
+pub async fn model(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    model_entries(&state)
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| axum::Json(m).into_response())
+        .ok_or_else(|| Error::model_not_found(&id).into())
 }
 
 /// An embeddings request, as OpenAI defines it.

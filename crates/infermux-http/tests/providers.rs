@@ -726,6 +726,27 @@ async fn models_lists_every_routable_model_and_alias() {
             .iter()
             .all(|m| m["object"] == "model" && m["owned_by"] == "openai")
     );
+
+    // One model, as `models.retrieve` asks for it; slashes allowed in ids.
+    let get = |id: &str| gw.client.get(format!("{}/v1/models/{id}", gw.base)).send();
+    let resp = get("fast").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let one: Value = resp.json().await.unwrap();
+    assert_eq!(
+        one,
+        json!({"id": "fast", "object": "model", "created": 0, "owned_by": "openai"})
+    );
+    let resp = get("meta-llama/Llama-3-8B").await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"meta-llama/Llama-3-8B\""),
+        "{body}"
+    );
 }
 
 #[tokio::test]
