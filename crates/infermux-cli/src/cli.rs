@@ -25,7 +25,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the HTTP API (MIST-native and management endpoints).
+    /// Serve the HTTP API (MIST-native, OpenAI-compatible and management endpoints).
     Serve(ServeArgs),
     /// Serve the gRPC API (infermux.v1.InferMuxService, health, reflection).
     ServeGrpc(ServeGrpcArgs),
