@@ -193,13 +193,19 @@ async fn openai_requests_and_responses_translate_field_by_field() {
     );
 }
 
+/// An OpenAI stream event with these `choices`.
+fn choices_chunk(choices: Value) -> String {
+    data(
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices}),
+    )
+}
+
+/// An OpenAI stream event with one choice's delta.
+fn chunk(delta: Value, finish: Value) -> String {
+    choices_chunk(json!([{"index": 0, "delta": delta, "finish_reason": finish}]))
+}
+
 fn openai_stream_events() -> Vec<String> {
-    let chunk = |delta: Value, finish: Value| {
-        data(
-            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
-        )
-    };
     vec![
         chunk(json!({"role": "assistant", "content": ""}), Value::Null),
         chunk(json!({"content": "Hel"}), Value::Null),
@@ -1163,12 +1169,6 @@ async fn tool_calls_pass_through_both_ways() {
 #[tokio::test]
 async fn streamed_tool_call_deltas_reach_the_caller_in_order() {
     let up = Upstream::start().await;
-    let chunk = |delta: Value, finish: Value| {
-        data(
-            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
-        )
-    };
     let first = json!([{"index": 0, "id": "call_2", "type": "function",
         "function": {"name": "get_weather", "arguments": ""}}]);
     let second = json!([{"index": 0, "function": {"arguments": "{\"city\":\"Rome\"}"}}]);
@@ -1451,11 +1451,6 @@ async fn choices_reach_the_caller_as_the_provider_sent_them() {
 
     // Streamed: the provider's chunks, interleaved choices included, and its
     // own first (role) chunk instead of infermux's.
-    let chunk = |choices: Value| {
-        data(
-            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices}),
-        )
-    };
     let sent = [
         json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null},
                {"index": 1, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
@@ -1465,7 +1460,7 @@ async fn choices_reach_the_caller_as_the_provider_sent_them() {
         json!([{"index": 1, "delta": {"content": "Paris."}, "finish_reason": "stop"}]),
         json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
     ];
-    let mut events: Vec<String> = sent.iter().cloned().map(chunk).collect();
+    let mut events: Vec<String> = sent.iter().cloned().map(choices_chunk).collect();
     events.push(data(json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
         "usage": {"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13}})));
     events.push("data: [DONE]\n\n".to_owned());

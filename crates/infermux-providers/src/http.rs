@@ -81,7 +81,11 @@ impl Upstream {
         let transport = match url.scheme() {
             "http" => Transport::Plain(plain::Plain::new(&url, timeout).map_err(|e| bad(&e))?),
             "https" => Transport::Pooled(Clients::new(timeout)?),
-            other => return Err(bad(&format!("unsupported scheme \"{other}\""))),
+            other => {
+                return Err(bad(&format!(
+                    "unsupported scheme \"{other}\" (use http:// or https://)"
+                )));
+            }
         };
         Ok(Upstream {
             provider: Arc::from(provider),

@@ -102,16 +102,6 @@ impl ChatMessage {
         self.extra.as_ref().and_then(|e| e.get("content"))
     }
 
-    /// Whether this message is part of a tool call: a tool's result, or an
-    /// assistant message that calls tools.
-    pub fn is_tool_call(&self) -> bool {
-        self.role == Role::Tool
-            || self
-                .extra
-                .as_ref()
-                .is_some_and(|e| e.contains_key("tool_calls"))
-    }
-
     pub fn user(content: impl Into<String>) -> Self {
         Self::new(Role::User, content)
     }
