@@ -15,7 +15,8 @@
 #
 # Usage: bench/overhead.sh [seconds per load run, default 10]
 # Needs: nginx, wrk and taskset (apt-get install -y nginx-light wrk util-linux).
-# Writes bench/out/.
+# Writes bench/out/. INFERMUX_FEATURES=system-allocator builds infermux with the
+# system allocator instead of mimalloc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -25,7 +26,7 @@ done
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 out=bench/out
 mkdir -p "$out"
-cargo build --release --locked -q -p infermux-cli -p infermux-bench
+cargo build --release --locked -q -p infermux-cli -p infermux-bench ${INFERMUX_FEATURES:+--features "infermux-cli/$INFERMUX_FEATURES"}
 bin=target/release
 
 completion='{"id":"chatcmpl-mock","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}'
@@ -113,6 +114,7 @@ load() { # name url conns -> "rps p50_us p99_us"
   local threads=1 cpu=$all_cpus; [ "$3" -gt 1 ] && threads=2
   [ "$3" = 1 ] && cpu=1
   taskset -c $cpu wrk -t$threads -c"$3" -d"${secs}s" --latency -s bench/chat.lua "$2" > "$out/wrk-$1-c$3.txt"
+  if grep -q "Non-2xx" "$out/wrk-$1-c$3.txt"; then echo "$1 at c=$3: some answers were not 2xx" >&2; exit 1; fi
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' "$out/wrk-$1-c$3.txt")
   p50=$(awk '$1=="50%" {print $2}' "$out/wrk-$1-c$3.txt" | to_us)

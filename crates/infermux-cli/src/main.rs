@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// mimalloc: a call allocates and frees many small objects across the edge,
-/// router and adapters; see docs/PERFORMANCE.md for the measurements.
+/// router and adapters; see docs/PERFORMANCE.md for the measurements. The
+/// `system-allocator` feature builds with the system's instead, to compare.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
