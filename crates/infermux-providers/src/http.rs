@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http_body_util::Full;
 use infermux::ProviderError;
 use infermux::validate::truncate;
 
@@ -134,7 +133,7 @@ impl Upstream {
         match &self.transport {
             Transport::Plain(plain) => {
                 let exchange = async {
-                    let resp = plain.send(origin_form(req), &self.provider).await?;
+                    let resp = plain.send(req, &self.provider).await?;
                     let body = resp
                         .body
                         .collect()
@@ -167,12 +166,9 @@ impl Upstream {
     pub async fn open(&self, req: Request) -> Result<Streaming, ProviderError> {
         match &self.transport {
             Transport::Plain(plain) => {
-                let resp = tokio::time::timeout(
-                    self.timeout,
-                    plain.send(origin_form(req), &self.provider),
-                )
-                .await
-                .map_err(|_| self.timed_out())??;
+                let resp = tokio::time::timeout(self.timeout, plain.send(req, &self.provider))
+                    .await
+                    .map_err(|_| self.timed_out())??;
                 Ok(Streaming {
                     status: resp.status,
                     headers: resp.headers,
@@ -297,16 +293,6 @@ pub fn json<T: serde::Serialize>(
 pub fn empty(req: http::request::Builder) -> Result<Request, ProviderError> {
     req.body(Bytes::new())
         .map_err(|e| ProviderError::Internal(format!("cannot build the upstream request: {e}")))
-}
-
-/// The same request with its URI in origin form (`/path?query`), as an HTTP/1.1
-/// request to the server itself carries it.
-fn origin_form(req: Request) -> http::Request<Full<Bytes>> {
-    let (mut parts, body) = req.into_parts();
-    if let Some(pq) = parts.uri.path_and_query() {
-        parts.uri = http::Uri::from(pq.clone());
-    }
-    http::Request::from_parts(parts, Full::new(body))
 }
 
 /// A plain upstream's body as a stream; each read must come within `timeout`.

@@ -1,62 +1,106 @@
 //! Plain-HTTP upstreams (`http://` base URLs: vLLM, Ollama, llama.cpp, a
 //! sidecar on the same host): HTTP/1.1 connections that the calling task drives
-//! itself.
+//! itself, with a hand-written client.
 //!
-//! A general client (reqwest, hyper-util's pool) runs each connection in a task
-//! of its own and hands requests and responses across channels; on a loopback or
-//! same-rack upstream that machinery, not the network, is most of what a proxied
-//! call costs. Here the request's own task writes the request and polls the
-//! connection while it waits for the response and reads its body, and idle
-//! connections wait in a pool of the thread that used them last. hyper does the
-//! HTTP/1.1 itself.
+//! A general client (reqwest, hyper's) runs each connection in a task of its
+//! own, or at least behind a dispatch channel, and keeps every header in maps;
+//! on a loopback or same-rack upstream that machinery, not the network, is
+//! most of what a proxied call costs. Here the request's own task writes the
+//! request in one write, parses the answer's head with `httparse`, and reads
+//! the body (by `Content-Length`, chunked, or to the end of the connection)
+//! from the same buffer; idle connections wait in a pool of the thread that
+//! used them last.
 //!
-//! A connection taken from the pool is checked first (a peer that closed it is
-//! noticed then); one that fails before the request could be written is
-//! replaced by a fresh connection once.
+//! A connection taken from the pool is checked first (a peer that closed it,
+//! or sent something unasked, is noticed then without a system call: tokio
+//! knows the socket has not become readable). A reused connection that fails
+//! before any byte of an answer arrived (the peer closed it as the request
+//! went out) is replaced by a fresh connection once; the upstream never saw
+//! the request on it.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::io;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use infermux::ProviderError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// How long a connection may wait in the pool.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per upstream per thread.
 const MAX_IDLE: usize = 256;
+/// The largest answer head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header lines an answer may have.
+const MAX_HEADERS: usize = 100;
+/// The longest chunk-size or trailer line accepted.
+const MAX_LINE: usize = 8 * 1024;
+/// Request bodies up to this size go out in the same write as the head.
+const COALESCE: usize = 64 * 1024;
 
-type Io = TokioIo<TcpStream>;
+/// Why an exchange with a plain upstream failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The upstream closed the connection before its answer was complete.
+    Closed,
+    Io(io::Error),
+    /// What arrived is not HTTP/1.1 as it should be.
+    Malformed(String),
+}
 
-/// One HTTP/1.1 connection: the request sender and the connection it drives.
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Closed => f.write_str("the connection closed before the answer was complete"),
+            Error::Io(e) => write!(f, "{e}"),
+            Error::Malformed(m) => f.write_str(m),
+        }
+    }
+}
+
+fn malformed(what: &str) -> Error {
+    Error::Malformed(format!("an invalid HTTP answer: {what}"))
+}
+
+/// One HTTP/1.1 connection and what was read from it but not used yet.
 struct Conn {
-    send: http1::SendRequest<Full<Bytes>>,
-    io: http1::Connection<Io, Full<Bytes>>,
+    tcp: TcpStream,
+    buf: BytesMut,
 }
 
 impl Conn {
-    /// Polls the connection (its I/O). `Ready` means it is finished: closed by
-    /// the peer, failed, or done after a `Connection: close` exchange.
-    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        Pin::new(&mut self.io).poll(cx)
+    fn new(tcp: TcpStream) -> Conn {
+        Conn {
+            tcp,
+            buf: BytesMut::with_capacity(8 * 1024),
+        }
     }
 
-    /// Whether an idle connection can take a request now: its peer has not
-    /// closed it and hyper is waiting for the next request.
-    fn usable(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        if self.poll_io(&mut cx).is_ready() {
+    /// Whether an idle connection can take a request now: nothing is waiting
+    /// to be read on it (no close, no unasked bytes). tokio remembers that the
+    /// socket was drained, so this is usually not a system call.
+    fn usable(&self) -> bool {
+        if !self.buf.is_empty() {
             return false;
         }
-        !self.send.is_closed() && self.send.is_ready()
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        self.tcp
+            .poll_peek(&mut cx, &mut ReadBuf::new(&mut byte))
+            .is_pending()
+    }
+
+    /// Reads more into the buffer; 0 at the end of the connection.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(8 * 1024);
+        }
+        self.tcp.read_buf(&mut self.buf).await
     }
 }
 
@@ -71,10 +115,10 @@ thread_local! {
 }
 
 /// Drops the connections that waited too long (from the front: the oldest).
-fn expire(conns: &mut VecDeque<Idle>) {
+fn expire(conns: &mut VecDeque<Idle>, now: Instant) {
     while conns
         .front()
-        .is_some_and(|c| c.since.elapsed() >= IDLE_TIMEOUT)
+        .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
     {
         conns.pop_front();
     }
@@ -87,15 +131,14 @@ pub struct Plain {
     host: String,
     port: u16,
     /// The `Host` header: `host[:port]` as the base URL wrote it.
-    authority: http::HeaderValue,
+    authority: String,
     connect_timeout: Duration,
 }
 
-/// An answer whose head has arrived; its body is read by the same task, which
-/// keeps driving the connection while it reads.
+/// An answer whose head has arrived; its body is read by the same task.
 pub struct Response {
     pub status: http::StatusCode,
-    pub headers: http::HeaderMap,
+    pub headers: HeaderMap,
     pub body: Body,
 }
 
@@ -110,8 +153,11 @@ impl Plain {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        let authority = http::HeaderValue::from_str(&authority)
-            .map_err(|_| format!("the host \"{authority}\" is not a valid Host header"))?;
+        if HeaderValue::from_str(&authority).is_err() {
+            return Err(format!(
+                "the host \"{authority}\" is not a valid Host header"
+            ));
+        }
         // `[::1]` in a URL; the socket address wants it bare.
         let host = host
             .trim_start_matches('[')
@@ -126,45 +172,95 @@ impl Plain {
         })
     }
 
-    /// Sends `req` (origin-form URI; the `Host` header is added here) and waits
-    /// for the answer's head. A connection that fails or times out is a
-    /// [`ProviderError`]; any answer, even an error status, is returned.
+    /// Sends `req` (its URI's path and query; the `Host` header is this
+    /// upstream's) and waits for the answer's head. A connection that fails
+    /// is a [`ProviderError`]; any answer, even an error status, is returned.
     pub async fn send(
         &self,
-        mut req: http::Request<Full<Bytes>>,
+        req: http::Request<Bytes>,
         provider: &str,
     ) -> Result<Response, ProviderError> {
-        req.headers_mut()
-            .insert(http::header::HOST, self.authority.clone());
-        let (mut conn, reused) = match self.take() {
+        let (parts, body) = req.into_parts();
+        let (wire, rest) = self.encode(&parts, body);
+        let (mut conn, mut reused) = match self.take() {
             Some(conn) => (conn, true),
             None => (self.connect(provider).await?, false),
         };
-        match exchange(&mut conn, req).await {
-            Ok(resp) => Ok(self.response(conn, resp)),
-            Err(Failed::NotSent(req, _)) if reused => {
-                // The pooled connection died between the check and the
-                // request; nothing reached the upstream, so try a fresh one.
-                let mut conn = self.connect(provider).await?;
-                match exchange(&mut conn, *req).await {
-                    Ok(resp) => Ok(self.response(conn, resp)),
-                    Err(failed) => Err(failed.into_error(provider)),
+        loop {
+            match exchange(&mut conn, &wire, &rest).await {
+                Ok(head) => return Ok(self.response(conn, head)),
+                // The pooled connection was closed as the request went out:
+                // the upstream never saw it there, so a fresh one gets it.
+                Err(Failed::Unanswered(_)) if reused => {
+                    conn = self.connect(provider).await?;
+                    reused = false;
+                }
+                Err(Failed::Unanswered(e) | Failed::Sent(e)) => {
+                    return Err(transport_error(&e, provider));
                 }
             }
-            Err(failed) => Err(failed.into_error(provider)),
         }
     }
 
-    fn response(&self, conn: Conn, resp: http::Response<Incoming>) -> Response {
-        let (parts, incoming) = resp.into_parts();
+    /// The request's bytes: the head, with the body when it is small (one
+    /// write), and the rest of the body apart.
+    fn encode(&self, parts: &http::request::Parts, body: Bytes) -> (Vec<u8>, Bytes) {
+        use std::io::Write as _;
+        let inline = body.len() <= COALESCE;
+        let mut w = Vec::with_capacity(256 + if inline { body.len() } else { 0 });
+        w.extend_from_slice(parts.method.as_str().as_bytes());
+        w.push(b' ');
+        w.extend_from_slice(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .as_bytes(),
+        );
+        w.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        w.extend_from_slice(self.authority.as_bytes());
+        w.extend_from_slice(b"\r\n");
+        for (name, value) in &parts.headers {
+            if matches!(
+                *name,
+                header::HOST
+                    | header::CONTENT_LENGTH
+                    | header::TRANSFER_ENCODING
+                    | header::CONNECTION
+            ) {
+                continue;
+            }
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        if !body.is_empty() || !matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+            let _ = write!(w, "content-length: {}\r\n", body.len());
+        }
+        w.extend_from_slice(b"\r\n");
+        if inline {
+            w.extend_from_slice(&body);
+            (w, Bytes::new())
+        } else {
+            (w, body)
+        }
+    }
+
+    fn response(&self, conn: Conn, head: Head) -> Response {
+        let mut body = Body {
+            conn: Some(conn),
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            pool: self.id,
+        };
+        // A body already complete (none, or all in the head's read) frees
+        // the connection now.
+        body.settle();
         Response {
-            status: parts.status,
-            headers: parts.headers,
-            body: Body {
-                conn: Some(conn),
-                incoming,
-                pool: self.id,
-            },
+            status: head.status,
+            headers: head.headers,
+            body,
         }
     }
 
@@ -173,9 +269,9 @@ impl Plain {
         IDLE.try_with(|idle| {
             let mut idle = idle.borrow_mut();
             let conns = idle.get_mut(&self.id)?;
-            expire(conns);
+            expire(conns, Instant::now());
             // The most recently used first: the likeliest to be alive.
-            while let Some(mut c) = conns.pop_back() {
+            while let Some(c) = conns.pop_back() {
                 if c.conn.usable() {
                     return Some(c.conn);
                 }
@@ -201,122 +297,323 @@ impl Plain {
         })?
         .map_err(|_| cannot())?;
         tcp.set_nodelay(true).map_err(|_| cannot())?;
-        let (send, io) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|_| cannot())?;
-        Ok(Conn { send, io })
+        Ok(Conn::new(tcp))
     }
 }
 
-/// A failed exchange: the request never left (and is given back), or it did.
+/// A failed exchange: no byte of an answer arrived (on a reused connection,
+/// the peer closed it as the request went out), or the failure came later.
 enum Failed {
-    NotSent(Box<http::Request<Full<Bytes>>>, hyper::Error),
-    Sent(hyper::Error),
+    Unanswered(Error),
+    Sent(Error),
 }
 
-impl Failed {
-    fn into_error(self, provider: &str) -> ProviderError {
-        let (Failed::NotSent(_, e) | Failed::Sent(e)) = self;
-        transport_error(&e, provider)
-    }
+/// A transport failure as the contract's: the upstream's fault, retryable.
+pub fn transport_error(e: &Error, provider: &str) -> ProviderError {
+    ProviderError::Unavailable(format!("provider \"{provider}\": {e}"))
 }
 
-/// hyper's failures as the contract's: all of them are the upstream's fault and
-/// retryable.
-pub fn transport_error(e: &hyper::Error, provider: &str) -> ProviderError {
-    if e.is_incomplete_message() {
-        ProviderError::Unavailable(format!(
-            "provider \"{provider}\" closed the connection before answering"
-        ))
-    } else {
-        ProviderError::Unavailable(format!("provider \"{provider}\": {e}"))
-    }
+/// An answer's head, parsed.
+struct Head {
+    status: http::StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
 }
 
-/// Writes `req` on `conn` and drives the connection until the answer's head
-/// arrives.
-async fn exchange(
-    conn: &mut Conn,
-    req: http::Request<Full<Bytes>>,
-) -> Result<http::Response<Incoming>, Failed> {
-    // A pooled connection is ready (checked when taken); a fresh one takes its
-    // first request at once.
-    let pending = conn.send.try_send_request(req);
-    let mut pending = std::pin::pin!(pending);
-    let mut io_done = false;
-    std::future::poll_fn(|cx| {
-        if !io_done {
-            // The connection writes the request and reads the answer; when it
-            // finishes first, the request future reports why.
-            io_done = conn.poll_io(cx).is_ready();
+/// Writes the request and reads until the answer's head has arrived
+/// (skipping `1xx` interim answers).
+async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<Head, Failed> {
+    let written = async {
+        conn.tcp.write_all(wire).await?;
+        if !rest.is_empty() {
+            conn.tcp.write_all(rest).await?;
         }
-        pending.as_mut().poll(cx)
-    })
-    .await
-    .map_err(|mut e| match e.take_message() {
-        Some(req) => Failed::NotSent(Box::new(req), e.into_error()),
-        None => Failed::Sent(e.into_error()),
-    })
+        io::Result::Ok(())
+    };
+    written
+        .await
+        .map_err(|e| Failed::Unanswered(Error::Io(e)))?;
+    let mut answered = !conn.buf.is_empty();
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&mut conn.buf).map_err(Failed::Sent)? {
+                Some(head) if head.status.is_informational() => continue,
+                Some(head) => return Ok(head),
+                None if conn.buf.len() > MAX_HEAD => {
+                    return Err(Failed::Sent(malformed("a head larger than 64 KiB")));
+                }
+                None => {}
+            }
+        }
+        match conn.fill().await {
+            Ok(0) if answered => return Err(Failed::Sent(Error::Closed)),
+            Ok(0) => return Err(Failed::Unanswered(Error::Closed)),
+            Ok(_) => answered = true,
+            Err(e) if answered => return Err(Failed::Sent(Error::Io(e))),
+            Err(e) => return Err(Failed::Unanswered(Error::Io(e))),
+        }
+    }
 }
 
-/// An answer's body, read by the task that holds it. Reading it drives the
-/// connection; once the body is complete the connection goes back to the pool
-/// of the thread that finished it. Dropping it before then closes the
-/// connection, which is how an abandoned call cancels the upstream's work.
+/// Parses an answer's head off the front of `buf`; `None` until it is whole.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(malformed(&e.to_string())),
+    };
+    let code = resp.code.unwrap_or(0);
+    let status = http::StatusCode::from_u16(code).map_err(|_| malformed("a bad status code"))?;
+    let http11 = resp.version == Some(1);
+    let mut keep_alive = http11;
+    let mut length: Option<u64> = None;
+    let mut coded = None;
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| malformed("a bad header name"))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| malformed("a bad header value"))?;
+        match name {
+            header::CONTENT_LENGTH => {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| malformed("a bad content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(malformed("two different content-lengths"));
+                }
+                length = Some(n);
+            }
+            header::TRANSFER_ENCODING => {
+                // Chunked only when it is the last coding applied.
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                coded = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            header::CONNECTION => {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                        keep_alive = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    let framing = if status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else {
+        match (coded, length) {
+            (Some(true), _) => Framing::Chunked(Chunk::Size),
+            // A coding other than chunked: the body runs to the close.
+            (Some(false), _) | (None, None) => {
+                keep_alive = false;
+                Framing::Eof
+            }
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    buf.advance(len);
+    Ok(Some(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// How an answer's body ends.
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// At the end of the connection.
+    Eof,
+    Done,
+}
+
+/// Where a chunked body's reader is.
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// In a chunk, this many bytes left.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines, then an empty line.
+    Trailers,
+}
+
+/// What one decoding step gave.
+enum Step {
+    Data(Bytes),
+    /// More bytes must be read first.
+    More,
+    /// A state change; go on.
+    Again,
+    End,
+}
+
+impl Framing {
+    /// One step over what is buffered.
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Error> {
+        Ok(match self {
+            Framing::Done | Framing::Length(0) => {
+                *self = Framing::Done;
+                Step::End
+            }
+            _ if buf.is_empty() => Step::More,
+            Framing::Length(left) => {
+                let data = take(buf, left);
+                if *left == 0 {
+                    *self = Framing::Done;
+                }
+                Step::Data(data)
+            }
+            Framing::Eof => Step::Data(buf.split().freeze()),
+            Framing::Chunked(chunk) => match chunk {
+                Chunk::Data(left) => {
+                    let data = take(buf, left);
+                    if *left == 0 {
+                        *chunk = Chunk::DataEnd;
+                    }
+                    Step::Data(data)
+                }
+                Chunk::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(malformed("a chunk not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *chunk = Chunk::Size;
+                    Step::Again
+                }
+                Chunk::Size => {
+                    let Some(line) = line(buf)? else {
+                        return Ok(Step::More);
+                    };
+                    let size = line[..].split(|&b| b == b';').next().unwrap_or_default();
+                    let size = std::str::from_utf8(size.trim_ascii())
+                        .ok()
+                        .and_then(|s| u64::from_str_radix(s, 16).ok())
+                        .ok_or_else(|| malformed("a bad chunk size"))?;
+                    *chunk = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                    Step::Again
+                }
+                Chunk::Trailers => match line(buf)? {
+                    None => Step::More,
+                    Some(line) if line.is_empty() => {
+                        *self = Framing::Done;
+                        Step::End
+                    }
+                    Some(_trailer) => Step::Again,
+                },
+            },
+        })
+    }
+
+    /// Whether the next step reads body bytes (rather than framing).
+    fn at_data(&self) -> bool {
+        matches!(
+            self,
+            Framing::Length(1..) | Framing::Eof | Framing::Chunked(Chunk::Data(_))
+        )
+    }
+}
+
+/// Up to `left` bytes off the front of `buf`.
+fn take(buf: &mut BytesMut, left: &mut u64) -> Bytes {
+    let n = usize::try_from(*left).map_or(buf.len(), |l| l.min(buf.len()));
+    *left -= n as u64;
+    buf.split_to(n).freeze()
+}
+
+/// A CRLF-ended line off the front of `buf` (without its CRLF); `None` until
+/// it is whole.
+fn line(buf: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(at) => {
+            let line = buf.split_to(at);
+            buf.advance(2);
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE => Err(malformed("a chunk line too long")),
+        None => Ok(None),
+    }
+}
+
+/// An answer's body, read by the task that holds it. Once it is complete its
+/// connection goes back to the pool of the thread that finished it. Dropping
+/// it before then closes the connection, which is how an abandoned call
+/// cancels the upstream's work.
 pub struct Body {
     conn: Option<Conn>,
-    incoming: Incoming,
+    framing: Framing,
+    keep_alive: bool,
     pool: u64,
 }
 
 impl Body {
-    /// The next piece of the body; `None` at its end.
-    pub fn poll_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, hyper::Error>>> {
+    /// The next piece of the body; `None` at its end. A failure is the last
+    /// item.
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, Error>> {
         loop {
-            if let Some(conn) = &mut self.conn
-                && conn.poll_io(cx).is_ready()
-            {
-                // Finished (closed after this answer, or failed): what it
-                // read is in `incoming`, which reports a failure itself.
-                self.conn = None;
-            }
-            match Pin::new(&mut self.incoming).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if data.is_empty() => continue,
-                    Ok(data) => {
-                        if self.incoming.is_end_stream() {
-                            // The last of a sized body: the connection is
-                            // free now, whether or not the reader asks again.
-                            self.release(cx);
-                        }
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                    Err(_trailers) => continue,
-                },
-                Poll::Ready(Some(Err(e))) => {
+            let conn = self.conn.as_mut()?;
+            match self.framing.step(&mut conn.buf) {
+                Ok(Step::Data(data)) => {
+                    // The last of the body: the connection is free now,
+                    // whether or not the reader asks again.
+                    self.settle();
+                    return Some(Ok(data));
+                }
+                Ok(Step::Again) => continue,
+                Ok(Step::End) => {
+                    self.release();
+                    return None;
+                }
+                Ok(Step::More) => {}
+                Err(e) => {
                     self.conn = None;
-                    return Poll::Ready(Some(Err(e)));
+                    return Some(Err(e));
                 }
-                Poll::Ready(None) => {
-                    self.release(cx);
-                    return Poll::Ready(None);
+            }
+            match conn.fill().await {
+                Ok(0) if matches!(self.framing, Framing::Eof) => {
+                    self.framing = Framing::Done;
+                    self.conn = None;
+                    return None;
                 }
-                Poll::Pending => return Poll::Pending,
+                Ok(0) => {
+                    self.conn = None;
+                    return Some(Err(Error::Closed));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Some(Err(Error::Io(e)));
+                }
             }
         }
     }
 
-    /// The next piece of the body; `None` at its end.
-    pub async fn chunk(&mut self) -> Option<Result<Bytes, hyper::Error>> {
-        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
-    }
-
     /// The whole body.
-    pub async fn collect(mut self) -> Result<Bytes, hyper::Error> {
+    pub async fn collect(mut self) -> Result<Bytes, Error> {
         let mut first: Option<Bytes> = None;
         let mut rest: Vec<u8> = Vec::new();
         while let Some(chunk) = self.chunk().await {
@@ -338,25 +635,43 @@ impl Body {
         })
     }
 
-    /// The body is complete: let the connection settle into keep-alive and
-    /// pool it, unless the answer closed it.
-    fn release(&mut self, cx: &mut Context<'_>) {
-        let Some(mut conn) = self.conn.take() else {
+    /// Reads the body's framing as far as the buffered bytes go without
+    /// reaching body bytes; if that is its end, pools the connection.
+    fn settle(&mut self) {
+        let Some(conn) = &mut self.conn else {
             return;
         };
-        if conn.poll_io(cx).is_ready() || conn.send.is_closed() {
+        while !self.framing.at_data() {
+            match self.framing.step(&mut conn.buf) {
+                Ok(Step::Again) => {}
+                Ok(Step::End) => return self.release(),
+                // (`at_data` keeps body bytes out of here.)
+                Ok(Step::Data(_) | Step::More) => return,
+                Err(_) => {
+                    self.conn = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The body is complete: pool the connection, unless the answer closes
+    /// it or left bytes no one asked for.
+    fn release(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if !self.keep_alive || !conn.buf.is_empty() {
             return;
         }
         let pool = self.pool;
         let _ = IDLE.try_with(|idle| {
             let mut idle = idle.borrow_mut();
             let conns = idle.entry(pool).or_default();
-            expire(conns);
+            let now = Instant::now();
+            expire(conns, now);
             if conns.len() < MAX_IDLE {
-                conns.push_back(Idle {
-                    conn,
-                    since: Instant::now(),
-                });
+                conns.push_back(Idle { conn, since: now });
             }
         });
     }
@@ -364,28 +679,11 @@ impl Body {
 
 impl Drop for Body {
     /// A reader that stops at the end of what it wanted (an event stream's
-    /// last event) may leave only the body's end unread: if that end is
+    /// last event) may leave only the body's framing unread: if its end is
     /// already here, the connection is still good and goes back to the pool.
     /// Anything else closes it, which cancels the upstream's work.
     fn drop(&mut self) {
-        if self.conn.is_none() {
-            return;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        for _ in 0..4 {
-            match self.poll_chunk(&mut cx) {
-                Poll::Ready(Some(Ok(_))) => continue,
-                Poll::Ready(None | Some(Err(_))) | Poll::Pending => return,
-            }
-        }
-    }
-}
-
-impl futures_util::Stream for Body {
-    type Item = Result<Bytes, hyper::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_chunk(cx)
+        self.settle();
     }
 }
 
@@ -731,6 +1029,121 @@ mod tests {
             drop(resp);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_framed_every_way_are_read_whole() {
+        // One connection: an interim 100 before a sized answer, a chunked one
+        // with an extension and a trailer, a 204; then a body that runs to
+        // the close, which ends that connection.
+        let (url, accepted) = server(|mut sock, _| async move {
+            let mut n = 0;
+            while read_request(&mut sock).await.is_some() {
+                n += 1;
+                let reply = match n {
+                    1 => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+                    2 => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nx-trailer: 1\r\n\r\n",
+                    3 => "HTTP/1.1 204 No Content\r\n\r\n",
+                    _ => "HTTP/1.1 200 OK\r\n\r\nto the end",
+                };
+                sock.write_all(reply.as_bytes()).await.unwrap();
+                if n == 4 {
+                    return;
+                }
+            }
+        })
+        .await;
+        let up = upstream(&url, Duration::from_secs(5));
+        let bodies = ["{}", "abcde", ""];
+        for want in bodies {
+            let answer = up.call(post(&url, "{}")).await.unwrap();
+            assert_eq!(std::str::from_utf8(&answer.body).unwrap(), want);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let answer = up.call(post(&url, "{}")).await.unwrap();
+        assert_eq!(&answer.body[..], b"to the end");
+        // That connection ended with its body: the next call needs another.
+        up.call(post(&url, "{}")).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn garbage_for_an_answer_is_unavailable() {
+        let (url, _) = server(|mut sock, _| async move {
+            read_request(&mut sock).await;
+            sock.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+                .await
+                .unwrap();
+        })
+        .await;
+        let err = upstream(&url, Duration::from_secs(5))
+            .call(post(&url, "{}"))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, ProviderError::Unavailable(m) if m.contains("invalid HTTP answer")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_as_the_request_goes_out_is_replaced_once() {
+        // Connection 1 answers once, then takes the next request and closes
+        // without a word (as a server closing an idle connection does when a
+        // request crosses its close). The others answer.
+        let (url, accepted) = server(|mut sock, n| async move {
+            while read_request(&mut sock).await.is_some() {
+                if n == 1 {
+                    sock.write_all(ok("{}").as_bytes()).await.unwrap();
+                    read_request(&mut sock).await;
+                    return;
+                }
+                sock.write_all(ok(r#"{"n":2}"#).as_bytes()).await.unwrap();
+            }
+        })
+        .await;
+        let up = upstream(&url, Duration::from_secs(5));
+        up.call(post(&url, "{}")).await.unwrap();
+        let answer = up.call(post(&url, "{}")).await.unwrap();
+        assert_eq!(&answer.body[..], br#"{"n":2}"#);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        // A fresh connection that closes unanswered is not tried again.
+        let (url, accepted) = server(|mut sock, _| async move {
+            read_request(&mut sock).await;
+        })
+        .await;
+        let err = upstream(&url, Duration::from_secs(5))
+            .call(post(&url, "{}"))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, ProviderError::Unavailable(m) if m.contains("closed")),
+            "{err:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_request_body_arrives_whole() {
+        let (url, _) = server(|mut sock, _| async move {
+            let req = read_request(&mut sock).await.unwrap();
+            let body = req.split("\r\n\r\n").nth(1).unwrap();
+            let reply = ok(&format!("{{\"len\":{}}}", body.len()));
+            sock.write_all(reply.as_bytes()).await.unwrap();
+        })
+        .await;
+        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(200_000));
+        let answer = upstream(&url, Duration::from_secs(5))
+            .call(post(&url, &big))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&answer.body).unwrap(),
+            format!("{{\"len\":{}}}", big.len())
+        );
     }
 
     #[test]
