@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderMap, header, request::Parts};
+use axum::http::{header, request::Parts};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use infermux::{Error, ErrorKind, MAX_MESSAGE_SIZE, TraceContext};
@@ -24,7 +24,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        check_content_type(req.headers())?;
+        check_content_type(
+            req.headers()
+                .get(header::CONTENT_TYPE)
+                .map(axum::http::HeaderValue::as_bytes),
+        )?;
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -35,13 +39,17 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     }
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+/// Refuses a declared `Content-Type` that is not JSON (a missing one is
+/// accepted).
+pub(crate) fn check_content_type(value: Option<&[u8]>) -> Result<(), ApiError> {
+    let Some(value) = value else {
         // Lenient on a missing header: only a declared non-JSON type is refused.
         return Ok(());
     };
-    let mime = value
-        .to_str()
+    if value.eq_ignore_ascii_case(b"application/json") {
+        return Ok(());
+    }
+    let mime = std::str::from_utf8(value)
         .unwrap_or("")
         .split(';')
         .next()

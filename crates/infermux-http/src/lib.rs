@@ -1,9 +1,12 @@
 //! infermux's HTTP edge (axum). Handlers are thin: extract → validate → [`Router`]
 //! → render. Nothing here routes, validates or accounts on its own.
 //!
-//! - [`app`]: the axum application; tests can drive it without a socket.
+//! - [`app`]: the application ([`Api`]): the axum router, and the state the
+//!   connection front answers the hot routes with.
 //! - [`serve`](server::serve): runs it on a listener until a shutdown future
 //!   fires, then drains in-flight requests within a grace period.
+//! - `front`: reads each connection's requests itself and calls the hot
+//!   routes' handlers directly; everything else goes to hyper and axum.
 //! - `extract`: the JSON body extractor (content type, 10 MiB limit, errors that
 //!   name the field) and the `traceparent` header.
 //! - `error`: renders [`infermux::Error`] as the contract's JSON error body.
@@ -15,6 +18,7 @@
 
 mod error;
 mod extract;
+mod front;
 mod management;
 mod openai;
 mod routes;
@@ -37,34 +41,59 @@ pub struct AppState {
     pub started: std::time::Instant,
 }
 
+/// An application to serve: the axum router with every route, and, when it
+/// serves the API, the state [`serve`] answers the hot routes with directly
+/// (`POST /v1/chat/completions`, `/infer`, `/mist`: the same handlers, without
+/// the router in between).
+#[derive(Clone)]
+pub struct Api {
+    router: axum::Router,
+    fast: Option<Arc<AppState>>,
+}
+
+impl Api {
+    /// The axum router alone (every route; no fast path).
+    pub fn into_router(self) -> axum::Router {
+        self.router
+    }
+}
+
+impl From<axum::Router> for Api {
+    /// Any axum application, served by hyper alone.
+    fn from(router: axum::Router) -> Self {
+        Api { router, fast: None }
+    }
+}
+
 /// The HTTP application: every route of the contract, over one [`Router`],
 /// with the management endpoints open.
-pub fn app(router: Router) -> axum::Router {
+pub fn app(router: Router) -> Api {
     app_with_token(router, None)
 }
 
 /// The HTTP application with the management endpoints behind a bearer token
 /// (`INFERMUX_MANAGEMENT_TOKEN`) when `management_token` is set.
-pub fn app_with_token(router: Router, management_token: Option<String>) -> axum::Router {
+pub fn app_with_token(router: Router, management_token: Option<String>) -> Api {
     let state = state(router, management_token);
-    finish(api_routes().merge(management_routes(&state)), state)
+    Api {
+        router: finish(api_routes().merge(management_routes(&state)), state.clone()),
+        fast: Some(state),
+    }
 }
 
 /// The HTTP application split in two: the API (with `/_infermux/health`), and
 /// the management endpoints, to be served on their own address
 /// (`management_listen`).
-pub fn split_apps(
-    router: Router,
-    management_token: Option<String>,
-) -> (axum::Router, axum::Router) {
+pub fn split_apps(router: Router, management_token: Option<String>) -> (Api, Api) {
     let state = state(router, management_token);
     let management = axum::Router::new()
         .route("/_infermux/health", get(routes::health))
         .merge(management_routes(&state));
-    (
-        finish(api_routes(), state.clone()),
-        finish(management, state),
-    )
+    let api = Api {
+        router: finish(api_routes(), state.clone()),
+        fast: Some(state.clone()),
+    };
+    (api, finish(management, state).into())
 }
 
 fn state(router: Router, management_token: Option<String>) -> Arc<AppState> {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use infermux::router::RequestContext;
 use infermux::trace::Id128;
-use infermux::{ChatMessage, Error, InferRequest, Params, Role, json};
+use infermux::{ChatMessage, Error, InferRequest, Params, Role, TraceContext, json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -277,6 +277,16 @@ pub async fn chat_completions(
     Traceparent(trace): Traceparent,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
+    completions(&state, trace, body).await
+}
+
+/// `POST /v1/chat/completions` once its body is read (the connection front
+/// calls this directly).
+pub(crate) async fn completions(
+    state: &Arc<AppState>,
+    trace: Option<TraceContext>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let parsed: ChatCompletionRequest = json::from_slice(&body)?;
     let (req, stream, include_usage) = parsed.into_core()?;
     let ctx = RequestContext {
@@ -284,7 +294,7 @@ pub async fn chat_completions(
         timeout: None,
     };
     if stream {
-        return stream_completion(&state, req, ctx, include_usage).await;
+        return stream_completion(state, req, ctx, include_usage).await;
     }
     let routed = state.router.call(&req, &ctx).await?;
     let r = &routed.response;

@@ -22,6 +22,16 @@ pub async fn infer(
     Traceparent(trace): Traceparent,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
+    infer_body(&state, trace, body).await
+}
+
+/// `POST /infer` once its body is read (the connection front calls this
+/// directly).
+pub(crate) async fn infer_body(
+    state: &AppState,
+    trace: Option<TraceContext>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
     let req: InferRequest = json::from_slice(&body)?;
     let routed = state.router.call(&req, &ctx(trace)).await?;
     let body = serde_json::to_vec(&routed.response)
@@ -36,6 +46,16 @@ pub async fn mist(
     State(state): Shared,
     Traceparent(trace): Traceparent,
     JsonBytes(body): JsonBytes,
+) -> Result<Response, ApiError> {
+    mist_body(&state, trace, body).await
+}
+
+/// `POST /mist` once its body is read (the connection front calls this
+/// directly).
+pub(crate) async fn mist_body(
+    state: &AppState,
+    trace: Option<TraceContext>,
+    body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
     let message = Envelope::decode(&body, MessageType::InferRequest)?;
     let req: InferRequest = message.payload_as()?;

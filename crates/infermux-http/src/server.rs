@@ -3,42 +3,60 @@
 use std::future::Future;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
+
+use crate::{Api, front};
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting,
-/// lets in-flight requests finish for at most `grace`, and returns.
+/// lets in-flight requests finish for at most `grace` (idle connections close
+/// at once), and returns.
 pub async fn serve(
     listener: TcpListener,
-    app: axum::Router,
+    app: impl Into<Api>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let (draining_tx, draining_rx) = oneshot::channel::<()>();
-    let listener = listener.tap_io(|tcp| {
-        // Small JSON answers must not wait for Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; finishing in-flight requests");
-        let _ = draining_tx.send(());
-    });
-    let grace_elapsed = async move {
-        match draining_rx.await {
-            Ok(()) => tokio::time::sleep(grace).await,
-            // The server ended on its own (an I/O error): nothing to wait for.
-            Err(_) => std::future::pending().await,
+    let app = app.into();
+    // Every connection holds a receiver: `closed` resolves when all are gone.
+    let (draining, drain) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                // Small JSON answers must not wait for Nagle's algorithm.
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(front::connection(tcp, app.clone(), drain.clone()));
+            }
+            // The connection was gone before it was accepted.
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::error!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
-    };
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    drop(drain);
+    let _ = draining.send(true);
     tokio::select! {
-        result = server => result,
-        () = grace_elapsed => {
+        () = draining.closed() => Ok(()),
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period elapsed; closing the remaining connections");
             Ok(())
         }
     }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
 }
 
 /// Serves `app` on `threads` threads, each with its own single-threaded runtime
@@ -51,7 +69,7 @@ pub fn serve_per_core(
     rt: &tokio::runtime::Runtime,
     first: TcpListener,
     threads: usize,
-    app: axum::Router,
+    app: Api,
     shutdown: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
 ) -> std::io::Result<()> {

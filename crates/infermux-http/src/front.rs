@@ -1,0 +1,540 @@
+//! The connection front: reads HTTP/1.1 requests off each connection itself
+//! and answers the API's hot routes (`POST /v1/chat/completions`, `/infer`,
+//! `/mist`) by calling their handlers directly; any other request, and anything
+//! unusual about one (chunked or oversized bodies, `Expect`, `Upgrade`,
+//! HTTP/1.0, a head it cannot parse), hands the connection with what was read
+//! of it to hyper and the axum application, which serve it from there on.
+//!
+//! Why: on the proxy path the general server's machinery (a header map per
+//! request, the router and its extractors, boxed services, a response encoder
+//! for every case) cost as much CPU as the call itself. Here a request's head
+//! is parsed in place with `httparse`, the few headers the handlers read are
+//! picked out, the body is a slice of the connection's buffer, and the answer
+//! is written with one write (one per event for a stream).
+//!
+//! The behaviour is the application's: the same handlers, the same error
+//! bodies, a panicking handler answers 500, a client that goes away cancels
+//! its call (the read side is watched while the call runs and while a stream
+//! is written), and draining closes a connection once it is idle.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use infermux::{MAX_MESSAGE_SIZE, TraceContext};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::{Api, AppState, error, extract, openai, routes};
+
+/// The largest request head read here (hyper takes a larger one over).
+const MAX_HEAD: usize = 64 * 1024;
+/// Header lines parsed here (hyper takes a request with more over).
+const MAX_HEADERS: usize = 100;
+/// What a client may send ahead (pipelined requests) while its call runs.
+const MAX_AHEAD: usize = 64 * 1024;
+
+/// The routes answered here.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    ChatCompletions,
+    Infer,
+    Mist,
+}
+
+/// A request head this front answers, with what its handler needs.
+struct Head {
+    route: Route,
+    head_len: usize,
+    body_len: usize,
+    /// `Connection: close`: the connection ends after the answer.
+    close: bool,
+    /// A refused `Content-Type`, answered once the body is read.
+    content_type: Result<(), ApiError>,
+    trace: Option<TraceContext>,
+}
+
+enum Parsed {
+    Ours(Head),
+    Partial,
+    /// For hyper and the application.
+    Theirs,
+}
+
+/// Serves one connection until the client closes it, a draining server
+/// finds it idle, or a request goes to hyper (which then serves the rest).
+pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Receiver<bool>) {
+    let Some(state) = api.fast.clone() else {
+        return fallback(tcp, BytesMut::new(), api.router, draining).await;
+    };
+    let mut conn = Conn {
+        tcp,
+        buf: BytesMut::with_capacity(4096),
+        out: Vec::with_capacity(1024),
+    };
+    loop {
+        let head = loop {
+            if !conn.buf.is_empty() {
+                match parse(&conn.buf) {
+                    Parsed::Ours(head) => break head,
+                    Parsed::Partial if conn.buf.len() <= MAX_HEAD => {}
+                    Parsed::Partial | Parsed::Theirs => {
+                        return fallback(conn.tcp, conn.buf, api.router, draining).await;
+                    }
+                }
+            } else if *draining.borrow() {
+                return;
+            }
+            tokio::select! {
+                read = conn.fill() => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                // Idle when the server drains: close.
+                _ = draining.changed(), if conn.buf.is_empty() => return,
+            }
+        };
+        let total = head.head_len + head.body_len;
+        while conn.buf.len() < total {
+            match conn.fill().await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        let body = conn.buf.split_to(total).freeze().slice(head.head_len..);
+        let Some(resp) = conn.call(&state, head.route, head.content_type, head.trace, body).await
+        else {
+            return; // the client went away: its call is dropped, so cancelled
+        };
+        let close = head.close || *draining.borrow();
+        if conn.respond(resp, close).await.is_err() || close {
+            let _ = conn.tcp.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Parses a request head off the front of `buf`.
+fn parse(buf: &[u8]) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Theirs,
+    };
+    if req.version != Some(1) || req.method != Some("POST") {
+        return Parsed::Theirs;
+    }
+    let path = req.path.unwrap_or_default();
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let route = match path {
+        "/v1/chat/completions" => Route::ChatCompletions,
+        "/infer" => Route::Infer,
+        "/mist" => Route::Mist,
+        _ => return Parsed::Theirs,
+    };
+    let mut body_len = None;
+    let mut close = false;
+    let mut content_type = None;
+    let mut trace = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let len = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok());
+            match (body_len, len) {
+                (None, Some(len)) => body_len = Some(len),
+                _ => return Parsed::Theirs, // repeated or not a number
+            }
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(h.value);
+        } else if name.eq_ignore_ascii_case("traceparent") {
+            trace = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(TraceContext::from_traceparent);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Theirs;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return Parsed::Theirs;
+        }
+    }
+    match body_len {
+        Some(body_len) if body_len <= MAX_MESSAGE_SIZE => Parsed::Ours(Head {
+            route,
+            head_len,
+            body_len,
+            close,
+            content_type: extract::check_content_type(content_type),
+            trace,
+        }),
+        // No length (an empty body to hyper) or over the limit (a 413 there).
+        _ => Parsed::Theirs,
+    }
+}
+
+/// A connection served here: what was read and not yet used, and the
+/// buffer answers are written from.
+struct Conn {
+    tcp: TcpStream,
+    buf: BytesMut,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    /// Reads more; 0 at the end of the connection.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(4096);
+        }
+        self.tcp.read_buf(&mut self.buf).await
+    }
+
+    /// Runs the route's handler while watching the client; `None` if the
+    /// client went away first.
+    async fn call(
+        &mut self,
+        state: &Arc<AppState>,
+        route: Route,
+        content_type: Result<(), ApiError>,
+        trace: Option<TraceContext>,
+        body: Bytes,
+    ) -> Option<Response> {
+        let handler = async move {
+            content_type?;
+            match route {
+                Route::ChatCompletions => openai::completions(state, trace, body).await,
+                Route::Infer => routes::infer_body(state, trace, body).await,
+                Route::Mist => routes::mist_body(state, trace, body).await,
+            }
+        };
+        let handler = std::panic::AssertUnwindSafe(handler).catch_unwind();
+        tokio::select! {
+            answer = handler => Some(match answer {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => e.into_response(),
+                Err(panic) => error::panic_response(panic),
+            }),
+            () = gone(&mut self.tcp, &mut self.buf) => None,
+        }
+    }
+
+    /// Writes `resp`: sized bodies with their head in one write, others
+    /// chunked, a write per piece as it comes.
+    async fn respond(&mut self, resp: Response, close: bool) -> io::Result<()> {
+        let (parts, mut body) = resp.into_parts();
+        self.out.clear();
+        write_head(&mut self.out, &parts, close);
+        if let Some(len) = http_body::Body::size_hint(&body).exact() {
+            append_len(&mut self.out, b"content-length: ", len);
+            self.out.extend_from_slice(b"\r\n\r\n");
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
+                    self.out.extend_from_slice(&data);
+                }
+            }
+            return self.tcp.write_all(&self.out).await;
+        }
+        self.out
+            .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+        self.tcp.write_all(&self.out).await?;
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                () = gone(&mut self.tcp, &mut self.buf) => {
+                    return Err(io::ErrorKind::ConnectionAborted.into());
+                }
+            };
+            let data = match frame {
+                None => return self.tcp.write_all(b"0\r\n\r\n").await,
+                Some(frame) => match frame.map_err(io::Error::other)?.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue,
+                },
+            };
+            self.out.clear();
+            append_hex(&mut self.out, data.len());
+            self.out.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&data);
+            self.out.extend_from_slice(b"\r\n");
+            self.tcp.write_all(&self.out).await?;
+        }
+    }
+}
+
+/// Resolves when the client closes its side (or the connection fails);
+/// bytes it sends ahead meanwhile are kept, up to [`MAX_AHEAD`].
+async fn gone(tcp: &mut TcpStream, buf: &mut BytesMut) {
+    loop {
+        if buf.len() >= MAX_AHEAD {
+            return std::future::pending().await;
+        }
+        buf.reserve(4096);
+        match tcp.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The status line, the response's headers (but the framing ones, written
+/// here), `date`, and `connection: close` when closing.
+fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, close: bool) {
+    use http::header;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if matches!(
+            *name,
+            header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION | header::DATE
+        ) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    date::append(out);
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+}
+
+/// `prefix` and `n` in decimal, without a line end.
+fn append_len(out: &mut Vec<u8>, prefix: &[u8], n: u64) {
+    out.extend_from_slice(prefix);
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// `n` in hexadecimal (a chunk size).
+fn append_hex(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The `Date` header, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static NOW: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+
+    pub(super) fn append(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        NOW.with_borrow_mut(|(at, text)| {
+            if *at != secs {
+                *at = secs;
+                *text = httpdate::fmt_http_date(now);
+            }
+            out.extend_from_slice(text.as_bytes());
+        });
+    }
+}
+
+/// Hands the connection, with the bytes already read from it, to hyper and
+/// the axum application until it ends; a drain shuts it down gracefully.
+async fn fallback(
+    tcp: TcpStream,
+    read: BytesMut,
+    router: axum::Router,
+    mut draining: watch::Receiver<bool>,
+) {
+    let io = TokioIo::new(Rewind {
+        prefix: read.freeze(),
+        tcp,
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, TowerToHyperService::new(router))
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = draining.wait_for(|d| *d) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// A connection whose first bytes were already read: they are read again
+/// first.
+struct Rewind {
+    prefix: Bytes,
+    tcp: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+
+    fn ours(raw: &str) -> Head {
+        match parse(raw.as_bytes()) {
+            Parsed::Ours(head) => head,
+            Parsed::Partial => panic!("partial: {raw:?}"),
+            Parsed::Theirs => panic!("theirs: {raw:?}"),
+        }
+    }
+
+    fn theirs(raw: &str) -> bool {
+        matches!(parse(raw.as_bytes()), Parsed::Theirs)
+    }
+
+    #[test]
+    fn the_hot_routes_are_parsed_here() {
+        let raw = "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive, close\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n{}";
+        let head = ours(raw);
+        assert!(matches!(head.route, Route::ChatCompletions));
+        assert_eq!(head.head_len, raw.len() - 2);
+        assert_eq!(head.body_len, 2);
+        assert!(head.close);
+        assert!(head.content_type.is_ok());
+        assert!(head.trace.is_some());
+        let head = ours("POST /infer HTTP/1.1\r\ncontent-length: 0\r\ncontent-type: text/plain\r\n\r\n");
+        assert!(matches!(head.route, Route::Infer));
+        assert!(!head.close);
+        assert!(head.content_type.is_err());
+        assert!(matches!(
+            ours("POST /mist HTTP/1.1\r\ncontent-length: 10\r\n\r\n").route,
+            Route::Mist
+        ));
+        assert!(matches!(
+            parse(b"POST /infer HTTP/1.1\r\ncontent-len"),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for raw in [
+            "GET /v1/models HTTP/1.1\r\n\r\n",
+            "POST /v1/embeddings HTTP/1.1\r\ncontent-length: 2\r\n\r\n",
+            "POST /infer HTTP/1.0\r\ncontent-length: 2\r\n\r\n",
+            "POST /infer HTTP/1.1\r\n\r\n",
+            "POST /infer HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST /infer HTTP/1.1\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n",
+            "POST /infer HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
+            "POST /infer HTTP/1.1\r\ncontent-length: +2\r\n\r\n",
+            "POST /infer HTTP/1.1\r\ncontent-length: 99999999999\r\n\r\n",
+            "POST /infer HTTP/1.1\r\ncontent-length: 2\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "POST /infer HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            assert!(theirs(raw), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_and_hex() {
+        let mut out = Vec::new();
+        append_len(&mut out, b"n=", 0);
+        append_len(&mut out, b",", 1234567890);
+        out.push(b',');
+        append_hex(&mut out, 0);
+        out.push(b',');
+        append_hex(&mut out, 0x1f2e);
+        assert_eq!(out, b"n=0,1234567890,0,1f2e");
+    }
+}
