@@ -111,7 +111,9 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
             }
         }
         let body = conn.buf.split_to(total).freeze().slice(head.head_len..);
-        let Some(resp) = conn.call(&state, head.route, head.content_type, head.trace, body).await
+        let Some(resp) = conn
+            .call(&state, head.route, head.content_type, head.trace, body)
+            .await
         else {
             return; // the client went away: its call is dropped, so cancelled
         };
@@ -492,7 +494,8 @@ mod tests {
         assert!(head.close);
         assert!(head.content_type.is_ok());
         assert!(head.trace.is_some());
-        let head = ours("POST /infer HTTP/1.1\r\ncontent-length: 0\r\ncontent-type: text/plain\r\n\r\n");
+        let head =
+            ours("POST /infer HTTP/1.1\r\ncontent-length: 0\r\ncontent-type: text/plain\r\n\r\n");
         assert!(matches!(head.route, Route::Infer));
         assert!(!head.close);
         assert!(head.content_type.is_err());

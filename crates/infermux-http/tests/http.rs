@@ -624,6 +624,87 @@ async fn shutdown_finishes_in_flight_requests() {
     );
 }
 
+/// Writes `pieces` on one raw connection, a pause between them, and reads
+/// until the server closes it.
+async fn raw_exchange(addr: SocketAddr, pieces: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for piece in pieces {
+        sock.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// The status codes of the answers in `raw`, in order.
+fn statuses(raw: &str) -> Vec<&str> {
+    raw.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &raw[i + 9..i + 12])
+        .collect()
+}
+
+fn raw_post(path: &str, extra: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn one_connection_carries_split_pipelined_and_mixed_requests() {
+    let s = Server::echo().await;
+    let infer = raw_post("/infer", "", &hello("echo-v1").to_string());
+    let chat = raw_post("/v1/chat/completions", "", &hello("echo-v1").to_string());
+    let last = raw_post(
+        "/infer",
+        "connection: close\r\n",
+        &hello("echo-v1").to_string(),
+    );
+    // The first request in three pieces (mid-head, mid-body); then three
+    // at once: a hot route, one the application serves (from there on the
+    // connection is its), and a last one asking to close.
+    let (a, rest) = infer.split_at(20);
+    let (b, c) = rest.split_at(rest.len() - 10);
+    let pipelined = format!("{chat}GET /_infermux/health HTTP/1.1\r\nhost: x\r\n\r\n{last}");
+    let raw = raw_exchange(s.addr, &[a, b, c, &pipelined]).await;
+    assert_eq!(statuses(&raw), ["200", "200", "200", "200"], "{raw}");
+    assert_eq!(
+        raw.matches(r#""content":"echo: Hello""#).count(),
+        3,
+        "{raw}"
+    );
+    assert!(raw.contains(r#"{"status":"ok"}"#), "{raw}");
+    assert_eq!(raw.matches("\r\ndate: ").count(), 4, "{raw}");
+    assert!(raw.contains("\r\nx-infermux-provider: echo\r\n"), "{raw}");
+}
+
+#[tokio::test]
+async fn bad_requests_on_a_hot_route_leave_the_connection_usable() {
+    let s = Server::echo().await;
+    let wrong_type =
+        "POST /infer HTTP/1.1\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nhi";
+    let not_json = raw_post("/v1/chat/completions", "", "{not json");
+    let good = raw_post(
+        "/infer",
+        "connection: close\r\n",
+        &hello("echo-v1").to_string(),
+    );
+    let raw = raw_exchange(s.addr, &[wrong_type, &not_json, &good]).await;
+    assert_eq!(statuses(&raw), ["415", "400", "200"], "{raw}");
+    assert!(
+        raw.contains("Content-Type must be application/json"),
+        "{raw}"
+    );
+    let last = &raw[raw.rfind("HTTP/1.1 ").unwrap()..];
+    assert!(last.contains("\r\nconnection: close\r\n"), "{last}");
+    assert!(last.contains("echo: Hello"), "{last}");
+}
+
 #[tokio::test]
 async fn management_status_providers_and_manual_circuits() {
     let r = Registry::new();

@@ -649,6 +649,30 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_request() {
 }
 
 #[tokio::test]
+async fn a_client_that_goes_away_before_the_answer_cancels_the_upstream_request() {
+    let up = Upstream::start().await;
+    up.always(Reply::JsonHang);
+    let gw = Gateway::start(&openai_config(&up)).await;
+    let gone = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .timeout(Duration::from_millis(300))
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await;
+    assert!(gone.unwrap_err().is_timeout());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.abandoned() == 0 || gw.spans.spans().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream call was never abandoned (or no span)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.spans.spans()[0].attrs.error_code, Some("cancelled"));
+}
+
+#[tokio::test]
 async fn malformed_chat_requests_are_400s_naming_the_field() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&openai_config(&up)).await;

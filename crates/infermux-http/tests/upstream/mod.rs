@@ -38,6 +38,9 @@ pub enum Reply {
     /// An event stream that sends these events, then stays open (sending
     /// keep-alive comments) until the client goes away.
     SseHang(Vec<String>),
+    /// A 200 JSON answer whose body never ends: a space every 20 ms (JSON
+    /// allows them) until the client goes away.
+    JsonHang,
 }
 
 #[derive(Default)]
@@ -137,6 +140,16 @@ fn answer(state: &Arc<Inner>, uri: &Uri, headers: HeaderMap, body: &[u8]) -> Res
             );
             builder(200, "text/event-stream")
                 .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Reply::JsonHang => {
+            let guard = DropCounter(state.clone());
+            let spaces = futures_util::stream::unfold(guard, |guard| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((Ok::<_, Infallible>(Bytes::from_static(b" ")), guard))
+            });
+            builder(200, "application/json")
+                .body(Body::from_stream(spaces))
                 .unwrap()
         }
         Reply::SseHang(events) => {
