@@ -268,7 +268,10 @@ fn unix_now() -> u64 {
 }
 
 fn completion_id() -> String {
-    format!("chatcmpl-{}", Id128::random())
+    let mut id = String::with_capacity(41);
+    id.push_str("chatcmpl-");
+    Id128::random().push_hex(&mut id);
+    id
 }
 
 /// `POST /v1/chat/completions`.

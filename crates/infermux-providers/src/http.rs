@@ -62,7 +62,8 @@ pub struct Answer {
 /// An answer whose body is still arriving.
 pub struct Streaming {
     pub status: http::StatusCode,
-    pub headers: http::HeaderMap,
+    /// Its `Content-Type` (the one header callers read).
+    pub content_type: Option<http::HeaderValue>,
     pub body: BodyStream,
 }
 
@@ -171,7 +172,7 @@ impl Upstream {
                     .map_err(|_| self.timed_out())??;
                 Ok(Streaming {
                     status: resp.status,
-                    headers: resp.headers,
+                    content_type: resp.content_type,
                     body: plain_stream(resp.body, self.timeout, self.provider.clone()),
                 })
             }
@@ -181,7 +182,7 @@ impl Upstream {
                 let mut failed = false;
                 Ok(Streaming {
                     status: resp.status(),
-                    headers: resp.headers().clone(),
+                    content_type: resp.headers().get(http::header::CONTENT_TYPE).cloned(),
                     // Like the plain transport's: the first failure is the last item.
                     body: Box::pin(
                         resp.bytes_stream()
@@ -261,8 +262,8 @@ impl Upstream {
             return Err(error_from(resp.status, &body, &self.provider));
         }
         let is_sse = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
+            .content_type
+            .as_ref()
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_sse {

@@ -25,7 +25,7 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use infermux::ProviderError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -138,7 +138,8 @@ pub struct Plain {
 /// An answer whose head has arrived; its body is read by the same task.
 pub struct Response {
     pub status: http::StatusCode,
-    pub headers: HeaderMap,
+    /// Its `Content-Type` (the one header callers read).
+    pub content_type: Option<HeaderValue>,
     pub body: Body,
 }
 
@@ -259,7 +260,7 @@ impl Plain {
         body.settle();
         Response {
             status: head.status,
-            headers: head.headers,
+            content_type: head.content_type,
             body,
         }
     }
@@ -316,7 +317,7 @@ pub fn transport_error(e: &Error, provider: &str) -> ProviderError {
 /// An answer's head, parsed.
 struct Head {
     status: http::StatusCode,
-    headers: HeaderMap,
+    content_type: Option<HeaderValue>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -371,41 +372,38 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     let mut keep_alive = http11;
     let mut length: Option<u64> = None;
     let mut coded = None;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    let mut content_type = None;
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| malformed("a bad header name"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| malformed("a bad header value"))?;
-        match name {
-            header::CONTENT_LENGTH => {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or_else(|| malformed("a bad content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(malformed("two different content-lengths"));
-                }
-                length = Some(n);
+        // Only the headers that frame the body and the content type are
+        // read; the others are not kept.
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| malformed("a bad content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(malformed("two different content-lengths"));
             }
-            header::TRANSFER_ENCODING => {
-                // Chunked only when it is the last coding applied.
-                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-                coded = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            }
-            header::CONNECTION => {
-                for token in h.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                        keep_alive = true;
-                    }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked only when it is the last coding applied.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            coded = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                    keep_alive = true;
                 }
             }
-            _ => {}
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(
+                HeaderValue::from_bytes(h.value).map_err(|_| malformed("a bad content-type"))?,
+            );
         }
-        headers.append(name, value);
     }
     let framing = if status.is_informational()
         || status == http::StatusCode::NO_CONTENT
@@ -426,7 +424,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     buf.advance(len);
     Ok(Some(Head {
         status,
-        headers,
+        content_type,
         framing,
         keep_alive,
     }))

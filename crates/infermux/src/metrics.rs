@@ -40,6 +40,30 @@ pub struct Metrics {
     /// The sink's drop count at the last scrape (the counter grows by the
     /// difference).
     spans_dropped_seen: AtomicU64,
+    /// Tells this instance's entries in the per-thread handle caches apart.
+    id: u64,
+}
+
+/// One provider and model's series for successful calls, looked up once and
+/// kept per thread: counting a call is then a few atomic adds, not five
+/// label-hashing look-ups behind the families' shared locks.
+struct Handles {
+    metrics: u64,
+    provider: Arc<str>,
+    model: Arc<str>,
+    requests: Counter,
+    duration: Histogram,
+    /// Made when first needed (a series appears with its first count).
+    tokens_in: Option<Counter>,
+    tokens_out: Option<Counter>,
+    cost: Option<Counter<f64, AtomicU64>>,
+}
+
+/// Handles kept per thread, at most this many (then the cache starts over).
+const MAX_HANDLES: usize = 64;
+
+thread_local! {
+    static HANDLES: std::cell::RefCell<Vec<Handles>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,6 +142,10 @@ impl Metrics {
             circuit,
             spans_dropped,
             spans_dropped_seen: AtomicU64::new(0),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
     }
 
@@ -130,15 +158,28 @@ impl Metrics {
         } else {
             (a.provider.clone(), a.model.clone())
         };
+        let seconds = span.end_ns.saturating_sub(span.start_ns) as f64 / 1e9;
+        if a.attempts > 1 {
+            self.fallbacks.inc_by(u64::from(a.attempts - 1));
+        }
         let status = match span.status {
-            SpanStatus::Ok => "ok",
+            SpanStatus::Ok => {
+                let counted = HANDLES.try_with(|cache| {
+                    let mut cache = cache.borrow_mut();
+                    let h = self.handles(&mut cache, &provider, &model);
+                    self.count_ok(h, seconds, a.tokens_in, a.tokens_out, a.cost_usd);
+                });
+                if counted.is_ok() {
+                    return;
+                }
+                "ok"
+            }
             SpanStatus::Error => a.error_code.unwrap_or("error"),
         };
         let pm: CallLabels = [("provider", provider), ("model", model)];
         self.requests
             .get_or_create(&(pm.clone(), [("status", status)]))
             .inc();
-        let seconds = span.end_ns.saturating_sub(span.start_ns) as f64 / 1e9;
         self.duration.get_or_create(&pm).observe(seconds);
         if a.tokens_in > 0 {
             self.tokens
@@ -153,8 +194,73 @@ impl Metrics {
         if a.cost_usd > 0.0 {
             self.cost.get_or_create(&pm).inc_by(a.cost_usd);
         }
-        if a.attempts > 1 {
-            self.fallbacks.inc_by(u64::from(a.attempts - 1));
+    }
+
+    /// This thread's handles for `provider` and `model`, made if missing.
+    fn handles<'c>(
+        &self,
+        cache: &'c mut Vec<Handles>,
+        provider: &Arc<str>,
+        model: &Arc<str>,
+    ) -> &'c mut Handles {
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+        let found = cache.iter().position(|h| {
+            h.metrics == self.id && same(&h.provider, provider) && same(&h.model, model)
+        });
+        let i = match found {
+            Some(i) => i,
+            None => {
+                if cache.len() >= MAX_HANDLES {
+                    cache.clear();
+                }
+                let pm: CallLabels = [("provider", provider.clone()), ("model", model.clone())];
+                cache.push(Handles {
+                    metrics: self.id,
+                    provider: provider.clone(),
+                    model: model.clone(),
+                    requests: self
+                        .requests
+                        .get_or_create(&(pm.clone(), [("status", "ok")]))
+                        .clone(),
+                    duration: self.duration.get_or_create(&pm).clone(),
+                    tokens_in: None,
+                    tokens_out: None,
+                    cost: None,
+                });
+                cache.len() - 1
+            }
+        };
+        &mut cache[i]
+    }
+
+    /// Counts a successful call on its cached handles.
+    fn count_ok(&self, h: &mut Handles, seconds: f64, tokens_in: u64, tokens_out: u64, cost: f64) {
+        h.requests.inc();
+        h.duration.observe(seconds);
+        let pm =
+            || -> CallLabels { [("provider", h.provider.clone()), ("model", h.model.clone())] };
+        if tokens_in > 0 {
+            h.tokens_in
+                .get_or_insert_with(|| {
+                    self.tokens
+                        .get_or_create(&(pm(), [("direction", "input")]))
+                        .clone()
+                })
+                .inc_by(tokens_in);
+        }
+        if tokens_out > 0 {
+            h.tokens_out
+                .get_or_insert_with(|| {
+                    self.tokens
+                        .get_or_create(&(pm(), [("direction", "output")]))
+                        .clone()
+                })
+                .inc_by(tokens_out);
+        }
+        if cost > 0.0 {
+            h.cost
+                .get_or_insert_with(|| self.cost.get_or_create(&pm()).clone())
+                .inc_by(cost);
         }
     }
 
@@ -274,5 +380,46 @@ mod tests {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
         assert!(!text.contains("whatever-the-caller-typed"));
+    }
+
+    #[test]
+    fn cached_handles_count_per_instance_and_survive_many_models() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            a.observe(&span("openai", "gpt-4o", SpanStatus::Ok, None, 1));
+        }
+        b.observe(&span("openai", "gpt-4o", SpanStatus::Ok, None, 1));
+        let mut quiet = span("openai", "free", SpanStatus::Ok, None, 1);
+        (
+            quiet.attrs.tokens_in,
+            quiet.attrs.tokens_out,
+            quiet.attrs.cost_usd,
+        ) = (0, 0, 0.0);
+        a.observe(&quiet);
+        // More models than a thread keeps handles for: the cache starts over.
+        for i in 0..(MAX_HANDLES + 5) {
+            a.observe(&span("openai", &format!("m{i}"), SpanStatus::Ok, None, 1));
+        }
+        a.observe(&span("openai", "gpt-4o", SpanStatus::Ok, None, 1));
+        let text = a.render(&Registry::new(), 0);
+        for line in [
+            r#"infermux_requests_total{provider="openai",model="gpt-4o",status="ok"} 4"#,
+            r#"infermux_tokens_total{provider="openai",model="gpt-4o",direction="input"} 12"#,
+            r#"infermux_cost_usd_total{provider="openai",model="gpt-4o"} 2.0"#,
+            r#"infermux_requests_total{provider="openai",model="free",status="ok"} 1"#,
+            r#"infermux_requests_total{provider="openai",model="m0",status="ok"} 1"#,
+            r#"infermux_request_duration_seconds_count{provider="openai",model="m68"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        assert!(!text.contains(r#"model="free",direction"#), "{text}");
+        assert!(!text.contains(r#"infermux_cost_usd_total{provider="openai",model="free"}"#));
+        let text = b.render(&Registry::new(), 0);
+        assert!(
+            text.contains(
+                r#"infermux_requests_total{provider="openai",model="gpt-4o",status="ok"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

@@ -32,9 +32,27 @@ impl Id128 {
     }
 }
 
+impl Id128 {
+    /// Appends the 32 hex digits to `out` (no formatting machinery: ids are
+    /// rendered on the request path, in headers and completion ids).
+    pub fn push_hex(self, out: &mut String) {
+        push_hex(out, self.0, 32);
+    }
+}
+
+/// Appends the low `digits` hex digits of `v`, lowercase, zero-padded.
+fn push_hex(out: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    }
+}
+
 impl fmt::Display for Id128 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        let mut s = String::with_capacity(32);
+        self.push_hex(&mut s);
+        f.write_str(&s)
     }
 }
 
@@ -117,12 +135,13 @@ impl TraceContext {
 
     /// The `traceparent` value to send downstream for a call made by `span_id`.
     pub fn traceparent_for(&self, span_id: Id128) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id,
-            Id64(span_id.high64()),
-            u8::from(self.sampled)
-        )
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        self.trace_id.push_hex(&mut s);
+        s.push('-');
+        push_hex(&mut s, u128::from(span_id.high64()), 16);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        s
     }
 }
 
@@ -248,6 +267,19 @@ mod tests {
         );
         let back = TraceContext::from_traceparent(&tc.traceparent_for(span)).unwrap();
         assert_eq!(back.trace_id, tc.trace_id);
+        let unsampled = TraceContext {
+            sampled: false,
+            ..tc
+        };
+        assert!(
+            unsampled
+                .traceparent_for(span)
+                .ends_with("-0123456789abcdef-00")
+        );
+        assert_eq!(
+            Id128(u128::MAX).to_string(),
+            "ffffffffffffffffffffffffffffffff"
+        );
     }
 
     #[test]
