@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBytes, Traceparent};
-use crate::routes::json_response;
+use crate::routes::{Answer, json_response};
 
 /// A chat completion request, as OpenAI defines it.
 #[derive(Debug, Deserialize)]
@@ -279,7 +279,7 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Traceparent(trace): Traceparent,
     JsonBytes(body): JsonBytes,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     completions(&state, trace, body).await
 }
 
@@ -289,7 +289,7 @@ pub(crate) async fn completions(
     state: &Arc<AppState>,
     trace: Option<TraceContext>,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let parsed: ChatCompletionRequest = json::from_slice(&body)?;
     let (req, stream, include_usage) = parsed.into_core()?;
     let ctx = RequestContext {
@@ -297,7 +297,9 @@ pub(crate) async fn completions(
         timeout: None,
     };
     if stream {
-        return stream_completion(state, req, ctx, include_usage).await;
+        return stream_completion(state, req, ctx, include_usage)
+            .await
+            .map(Answer::Response);
     }
     let routed = state.router.call(&req, &ctx).await?;
     let r = &routed.response;
@@ -328,7 +330,7 @@ pub(crate) async fn completions(
         None => serde_json::to_vec(&body(Either::Ours(one()))),
     };
     let bytes = encoded.map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
-    Ok(json_response(bytes, &routed))
+    Ok(json_response(bytes, routed))
 }
 
 fn sse_event<T: Serialize>(value: &T) -> Bytes {

@@ -1,5 +1,6 @@
 //! The handlers: extract, delegate to the router, render.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -21,7 +22,7 @@ pub async fn infer(
     State(state): Shared,
     Traceparent(trace): Traceparent,
     JsonBytes(body): JsonBytes,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     infer_body(&state, trace, body).await
 }
 
@@ -31,12 +32,12 @@ pub(crate) async fn infer_body(
     state: &AppState,
     trace: Option<TraceContext>,
     body: bytes::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let req: InferRequest = json::from_slice(&body)?;
     let routed = state.router.call(&req, &ctx(trace)).await?;
     let body = serde_json::to_vec(&routed.response)
         .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
-    Ok(json_response(body, &routed))
+    Ok(json_response(body, routed))
 }
 
 /// `POST /mist`: an `infer.request` envelope in, an `infer.response` envelope out,
@@ -46,7 +47,7 @@ pub async fn mist(
     State(state): Shared,
     Traceparent(trace): Traceparent,
     JsonBytes(body): JsonBytes,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     mist_body(&state, trace, body).await
 }
 
@@ -56,7 +57,7 @@ pub(crate) async fn mist_body(
     state: &AppState,
     trace: Option<TraceContext>,
     body: bytes::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let message = Envelope::decode(&body, MessageType::InferRequest)?;
     let req: InferRequest = message.payload_as()?;
     let trace = trace.or_else(|| {
@@ -66,7 +67,7 @@ pub(crate) async fn mist_body(
     });
     let routed = state.router.call(&req, &ctx(trace)).await?;
     let body = envelope::encode("infermux", MessageType::InferResponse, &routed.response)?;
-    Ok(json_response(body, &routed))
+    Ok(json_response(body, routed))
 }
 
 fn ctx(trace: Option<TraceContext>) -> RequestContext {
@@ -87,18 +88,106 @@ static USAGE_ESTIMATED: HeaderName = HeaderName::from_static("x-infermux-usage-e
 static STRATEGY: HeaderName = HeaderName::from_static("x-infermux-strategy");
 static ROUTE_GROUP: HeaderName = HeaderName::from_static("x-infermux-route-group");
 
-/// A 200 JSON response with the `X-Infermux-*` headers of a routed call,
-/// written straight into the response's own header map.
-pub(crate) fn json_response(body: Vec<u8>, routed: &Routed) -> Response {
-    let mut resp = Response::new(axum::body::Body::from(body));
-    let h = resp.headers_mut();
-    h.reserve(12);
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    routed_headers(h, routed);
-    resp
+/// A routed call's 200 JSON answer with its `X-Infermux-*` headers, before
+/// it becomes a response: the connection front writes it straight to the
+/// socket; axum gets it as a [`Response`]. Both write the headers
+/// [`RoutedJson::headers`] lists, so they cannot differ.
+pub(crate) struct RoutedJson {
+    pub body: Vec<u8>,
+    pub routed: Routed,
+}
+
+impl RoutedJson {
+    /// Every `X-Infermux-*` header of the call, and its `traceparent`, as
+    /// names and values (values that are not valid in a header are left
+    /// out).
+    pub(crate) fn headers(&self, mut each: impl FnMut(&HeaderName, &[u8])) {
+        let routed = &self.routed;
+        let r = &routed.response;
+        let mut text = |name: &HeaderName, value: &str| {
+            if is_header_value(value.as_bytes()) {
+                each(name, value.as_bytes());
+            }
+        };
+        text(&PROVIDER, &r.provider);
+        text(&MODEL, &routed.upstream_model);
+        text(&STRATEGY, routed.strategy.as_str());
+        if let Some(group) = &routed.route_group {
+            text(&ROUTE_GROUP, group);
+        }
+        let mut buf = Digits(String::with_capacity(24));
+        text(&COST, buf.float(r.cost_usd));
+        text(&LATENCY, buf.int(r.latency_ms));
+        text(&PROMPT_TOKENS, buf.int(r.tokens_in));
+        text(&COMPLETION_TOKENS, buf.int(r.tokens_out));
+        text(&TRACEPARENT, &routed.trace.traceparent_for(routed.span_id));
+        if r.usage_estimated {
+            text(&USAGE_ESTIMATED, "true");
+        }
+    }
+}
+
+impl IntoResponse for RoutedJson {
+    fn into_response(self) -> Response {
+        let mut headers = HeaderMap::with_capacity(12);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.headers(|name, value| {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                headers.insert(name.clone(), v);
+            }
+        });
+        let mut resp = Response::new(axum::body::Body::from(self.body));
+        *resp.headers_mut() = headers;
+        resp
+    }
+}
+
+/// What a hot route's handler answers: a routed call's JSON, or any response.
+pub(crate) enum Answer {
+    Routed(RoutedJson),
+    Response(Response),
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self {
+            Answer::Routed(r) => r.into_response(),
+            Answer::Response(r) => r,
+        }
+    }
+}
+
+/// A 200 JSON answer with the `X-Infermux-*` headers of a routed call.
+pub(crate) fn json_response(body: Vec<u8>, routed: Routed) -> Answer {
+    Answer::Routed(RoutedJson { body, routed })
+}
+
+/// Whether `v` may be a header value as written here (visible ASCII, spaces
+/// and tabs: what `HeaderValue::from_str` accepts).
+fn is_header_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Numbers as text, in one reused buffer.
+#[derive(Default)]
+struct Digits(String);
+
+impl Digits {
+    fn int(&mut self, n: u64) -> &str {
+        self.0.clear();
+        let _ = write!(self.0, "{n}");
+        &self.0
+    }
+
+    /// As Rust writes an `f64`: the shortest text that reads back the same.
+    fn float(&mut self, x: f64) -> &str {
+        self.0.clear();
+        let _ = write!(self.0, "{x}");
+        &self.0
+    }
 }
 
 /// `X-Infermux-Strategy` (how the provider was chosen) and, for a model in a
@@ -124,25 +213,6 @@ pub(crate) fn route_headers(h: &mut HeaderMap, provider: &str, upstream_model: &
     }
     if let Ok(v) = HeaderValue::from_str(upstream_model) {
         h.insert(MODEL.clone(), v);
-    }
-}
-
-/// Every `X-Infermux-*` header of a completed call, and its `traceparent`.
-pub(crate) fn routed_headers(h: &mut HeaderMap, routed: &Routed) {
-    let r = &routed.response;
-    route_headers(h, &r.provider, &routed.upstream_model);
-    strategy_headers(h, routed.strategy, routed.route_group.as_deref());
-    if let Ok(v) = HeaderValue::from_str(&r.cost_usd.to_string()) {
-        h.insert(COST.clone(), v);
-    }
-    h.insert(LATENCY.clone(), HeaderValue::from(r.latency_ms));
-    h.insert(PROMPT_TOKENS.clone(), HeaderValue::from(r.tokens_in));
-    h.insert(COMPLETION_TOKENS.clone(), HeaderValue::from(r.tokens_out));
-    if let Ok(v) = HeaderValue::from_str(&routed.trace.traceparent_for(routed.span_id)) {
-        h.insert(TRACEPARENT.clone(), v);
-    }
-    if r.usage_estimated {
-        h.insert(USAGE_ESTIMATED.clone(), HeaderValue::from_static("true"));
     }
 }
 

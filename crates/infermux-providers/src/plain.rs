@@ -359,11 +359,34 @@ async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<Head, Fai
 
 /// Parses an answer's head off the front of `buf`; `None` until it is whole.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
+    // Few slots first (each is zeroed per parse); an answer with more
+    // headers is parsed again with room for all.
+    let mut few = [httparse::EMPTY_HEADER; 16];
+    let parsed = match parse_head_in(buf, &mut few) {
+        Err(Error::Malformed(m)) if m.ends_with(TOO_MANY) => {
+            parse_head_in(buf, &mut vec![httparse::EMPTY_HEADER; MAX_HEADERS])
+        }
+        parsed => parsed,
+    }?;
+    Ok(parsed.map(|(head, len)| {
+        buf.advance(len);
+        head
+    }))
+}
+
+/// How httparse says an answer has more headers than slots.
+const TOO_MANY: &str = "too many headers";
+
+/// A head and its length, parsed with `slots` for its header lines.
+fn parse_head_in<'b>(
+    buf: &'b [u8],
+    slots: &mut [httparse::Header<'b>],
+) -> Result<Option<(Head, usize)>, Error> {
+    let mut resp = httparse::Response::new(slots);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(malformed(TOO_MANY)),
         Err(e) => return Err(malformed(&e.to_string())),
     };
     let code = resp.code.unwrap_or(0);
@@ -421,13 +444,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
             (None, Some(n)) => Framing::Length(n),
         }
     };
-    buf.advance(len);
-    Ok(Some(Head {
+    let head = Head {
         status,
         content_type,
         framing,
         keep_alive,
-    }))
+    };
+    Ok(Some((head, len)))
 }
 
 /// How an answer's body ends.
@@ -1141,6 +1164,26 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&answer.body).unwrap(),
             format!("{{\"len\":{}}}", big.len())
+        );
+    }
+
+    #[test]
+    fn heads_with_many_headers_parse_up_to_the_limit() {
+        let head = |n: usize| {
+            let mut raw = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..n {
+                raw += &format!("x-h{i}: {i}\r\n");
+            }
+            raw + "content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        };
+        let mut buf = BytesMut::from(head(40).as_bytes());
+        let parsed = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(parsed.content_type.unwrap(), "application/json");
+        assert!(matches!(parsed.framing, Framing::Length(2)));
+        assert_eq!(&buf[..], b"{}");
+        let mut buf = BytesMut::from(head(MAX_HEADERS).as_bytes());
+        assert!(
+            matches!(parse_head(&mut buf), Err(Error::Malformed(m)) if m.contains("too many headers"))
         );
     }
 
