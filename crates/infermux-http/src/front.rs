@@ -237,7 +237,9 @@ impl Conn {
                 Route::Mist => routes::mist_body(state, trace, body).await,
             }
         };
-        let handler = std::panic::AssertUnwindSafe(handler).catch_unwind();
+        // Boxed: the call's future is a few KB, and moving it into the
+        // wrappers below copied it each time.
+        let handler = std::panic::AssertUnwindSafe(Box::pin(handler)).catch_unwind();
         tokio::select! {
             answer = handler => Some(match answer {
                 Ok(Ok(answer)) => answer,

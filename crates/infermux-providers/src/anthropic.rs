@@ -72,12 +72,19 @@ impl AnthropicProvider {
     }
 
     /// A request to `uri` with the key and the API version.
-    fn request(&self, method: ::http::Method, uri: ::http::Uri) -> ::http::request::Builder {
-        ::http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("x-api-key", self.api_key.clone())
-            .header("anthropic-version", API_VERSION)
+    fn request(&self, method: ::http::Method, uri: ::http::Uri) -> ::http::Request<()> {
+        use ::http::{HeaderName, HeaderValue};
+        http::head(
+            method,
+            uri,
+            [
+                (HeaderName::from_static("x-api-key"), self.api_key.clone()),
+                (
+                    HeaderName::from_static("anthropic-version"),
+                    HeaderValue::from_static(API_VERSION),
+                ),
+            ],
+        )
     }
 
     fn post(
@@ -85,10 +92,8 @@ impl AnthropicProvider {
         ctx: &CallContext<'_>,
         body: &MessagesRequest<'_>,
     ) -> Result<http::Request, ProviderError> {
-        let req = self
-            .request(::http::Method::POST, self.url.clone())
-            .header("traceparent", ctx.traceparent());
-        http::json(req, body)
+        let req = self.request(::http::Method::POST, self.url.clone());
+        http::json(http::with_traceparent(req, ctx), body)
     }
 }
 
@@ -468,7 +473,7 @@ impl Provider for AnthropicProvider {
     /// Lists the models (`GET {base_url}/v1/models`).
     async fn health_check(&self) -> Result<(), ProviderError> {
         let req = self.request(::http::Method::GET, self.models_url.clone());
-        self.upstream.call_ok(http::empty(req)?).await
+        self.upstream.call_ok(http::empty(req)).await
     }
 
     async fn infer(

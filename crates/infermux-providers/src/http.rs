@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use infermux::ProviderError;
 use infermux::validate::truncate;
+use infermux::{CallContext, ProviderError};
 
 use crate::{plain, sse};
 
@@ -62,8 +62,9 @@ pub struct Answer {
 /// An answer whose body is still arriving.
 pub struct Streaming {
     pub status: http::StatusCode,
-    /// Its `Content-Type` (the one header callers read).
-    pub content_type: Option<http::HeaderValue>,
+    /// Whether its `Content-Type` is `text/event-stream` (the one thing
+    /// callers read of its headers).
+    pub event_stream: bool,
     pub body: BodyStream,
 }
 
@@ -172,7 +173,7 @@ impl Upstream {
                     .map_err(|_| self.timed_out())??;
                 Ok(Streaming {
                     status: resp.status,
-                    content_type: resp.content_type,
+                    event_stream: resp.event_stream,
                     body: plain_stream(resp.body, self.timeout, self.provider.clone()),
                 })
             }
@@ -182,7 +183,11 @@ impl Upstream {
                 let mut failed = false;
                 Ok(Streaming {
                     status: resp.status(),
-                    content_type: resp.headers().get(http::header::CONTENT_TYPE).cloned(),
+                    event_stream: is_event_stream(
+                        resp.headers()
+                            .get(http::header::CONTENT_TYPE)
+                            .map(http::HeaderValue::as_bytes),
+                    ),
                     // Like the plain transport's: the first failure is the last item.
                     body: Box::pin(
                         resp.bytes_stream()
@@ -261,12 +266,7 @@ impl Upstream {
             let body = collect(resp.body).await;
             return Err(error_from(resp.status, &body, &self.provider));
         }
-        let is_sse = resp
-            .content_type
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if is_sse {
+        if resp.event_stream {
             return Ok(resp.body);
         }
         let body = collect(resp.body).await;
@@ -278,22 +278,53 @@ impl Upstream {
     }
 }
 
-/// A request with `body` serialized as JSON.
+/// Whether a `Content-Type` value is an event stream's.
+pub fn is_event_stream(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|v| v.starts_with(b"text/event-stream"))
+}
+
+/// A request's head: `method`, `uri` and `headers`; its body comes with
+/// [`json`] or [`empty`].
+pub fn head(
+    method: http::Method,
+    uri: http::Uri,
+    headers: impl IntoIterator<Item = (http::HeaderName, http::HeaderValue)>,
+) -> http::Request<()> {
+    let mut req = http::Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    req.headers_mut().extend(headers);
+    req
+}
+
+/// Adds the call's `traceparent` (the upstream's work joins the caller's
+/// trace).
+pub fn with_traceparent(mut req: http::Request<()>, ctx: &CallContext<'_>) -> http::Request<()> {
+    if let Ok(v) = http::HeaderValue::try_from(ctx.traceparent()) {
+        req.headers_mut()
+            .insert(http::HeaderName::from_static("traceparent"), v);
+    }
+    req
+}
+
+/// `req` with `body` serialized as JSON.
 pub fn json<T: serde::Serialize>(
-    req: http::request::Builder,
+    req: http::Request<()>,
     body: &T,
 ) -> Result<Request, ProviderError> {
     let body = serde_json::to_vec(body)
         .map_err(|e| ProviderError::Internal(format!("cannot encode the upstream request: {e}")))?;
-    req.header(http::header::CONTENT_TYPE, "application/json")
-        .body(Bytes::from(body))
-        .map_err(|e| ProviderError::Internal(format!("cannot build the upstream request: {e}")))
+    let mut req = req.map(|()| Bytes::from(body));
+    req.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(req)
 }
 
-/// A request without a body.
-pub fn empty(req: http::request::Builder) -> Result<Request, ProviderError> {
-    req.body(Bytes::new())
-        .map_err(|e| ProviderError::Internal(format!("cannot build the upstream request: {e}")))
+/// `req` without a body.
+pub fn empty(req: http::Request<()>) -> Request {
+    req.map(|()| Bytes::new())
 }
 
 /// A plain upstream's body as a stream; each read must come within `timeout`.

@@ -154,12 +154,8 @@ impl OpenAiProvider {
     }
 
     /// A request to `uri` with the key header.
-    fn request(&self, method: ::http::Method, uri: ::http::Uri) -> ::http::request::Builder {
-        let mut req = ::http::Request::builder().method(method).uri(uri);
-        if let Some((name, value)) = &self.auth {
-            req = req.header(name, value.clone());
-        }
-        req
+    fn request(&self, method: ::http::Method, uri: ::http::Uri) -> ::http::Request<()> {
+        http::head(method, uri, self.auth.clone())
     }
 
     /// A JSON POST to `endpoint`, with the key and the call's trace context.
@@ -169,10 +165,8 @@ impl OpenAiProvider {
         endpoint: Endpoint,
         body: &T,
     ) -> Result<http::Request, ProviderError> {
-        let req = self
-            .request(::http::Method::POST, self.url(ctx.model, endpoint)?)
-            .header("traceparent", ctx.traceparent());
-        http::json(req, body)
+        let req = self.request(::http::Method::POST, self.url(ctx.model, endpoint)?);
+        http::json(http::with_traceparent(req, ctx), body)
     }
 }
 
@@ -400,7 +394,7 @@ impl Provider for OpenAiProvider {
     /// `openai/models`): cheap, authenticated, no tokens spent.
     async fn health_check(&self) -> Result<(), ProviderError> {
         let req = self.request(::http::Method::GET, self.models_url.clone());
-        self.upstream.call_ok(http::empty(req)?).await
+        self.upstream.call_ok(http::empty(req)).await
     }
 
     async fn embed(

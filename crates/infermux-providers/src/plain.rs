@@ -138,8 +138,9 @@ pub struct Plain {
 /// An answer whose head has arrived; its body is read by the same task.
 pub struct Response {
     pub status: http::StatusCode,
-    /// Its `Content-Type` (the one header callers read).
-    pub content_type: Option<HeaderValue>,
+    /// Whether its `Content-Type` is `text/event-stream` (the one thing
+    /// callers read of its headers).
+    pub event_stream: bool,
     pub body: Body,
 }
 
@@ -260,7 +261,7 @@ impl Plain {
         body.settle();
         Response {
             status: head.status,
-            content_type: head.content_type,
+            event_stream: head.event_stream,
             body,
         }
     }
@@ -317,7 +318,7 @@ pub fn transport_error(e: &Error, provider: &str) -> ProviderError {
 /// An answer's head, parsed.
 struct Head {
     status: http::StatusCode,
-    content_type: Option<HeaderValue>,
+    event_stream: bool,
     framing: Framing,
     keep_alive: bool,
 }
@@ -395,7 +396,7 @@ fn parse_head_in<'b>(
     let mut keep_alive = http11;
     let mut length: Option<u64> = None;
     let mut coded = None;
-    let mut content_type = None;
+    let mut event_stream = false;
     for h in resp.headers.iter() {
         // Only the headers that frame the body and the content type are
         // read; the others are not kept.
@@ -423,9 +424,7 @@ fn parse_head_in<'b>(
                 }
             }
         } else if name.eq_ignore_ascii_case("content-type") {
-            content_type = Some(
-                HeaderValue::from_bytes(h.value).map_err(|_| malformed("a bad content-type"))?,
-            );
+            event_stream = crate::http::is_event_stream(Some(h.value));
         }
     }
     let framing = if status.is_informational()
@@ -446,7 +445,7 @@ fn parse_head_in<'b>(
     };
     let head = Head {
         status,
-        content_type,
+        event_stream,
         framing,
         keep_alive,
     };
@@ -1178,7 +1177,7 @@ mod tests {
         };
         let mut buf = BytesMut::from(head(40).as_bytes());
         let parsed = parse_head(&mut buf).unwrap().unwrap();
-        assert_eq!(parsed.content_type.unwrap(), "application/json");
+        assert!(!parsed.event_stream);
         assert!(matches!(parsed.framing, Framing::Length(2)));
         assert_eq!(&buf[..], b"{}");
         let mut buf = BytesMut::from(head(MAX_HEADERS).as_bytes());
