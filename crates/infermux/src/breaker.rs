@@ -14,6 +14,7 @@
 //! request the provider rejected (4xx) proves it healthy. Time comes from a
 //! [`Clock`], so tests drive it without sleeping.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -187,6 +188,9 @@ pub struct Breaker {
     clock: Arc<dyn Clock>,
     epoch: Instant,
     inner: Mutex<Inner>,
+    /// Whether `inner.state` is closed, readable without the lock: a closed
+    /// circuit admits a call without taking it.
+    closed: AtomicBool,
     /// The provider's name, for listeners.
     name: Arc<str>,
     listeners: Listeners,
@@ -238,6 +242,7 @@ impl Breaker {
                 ewma_samples: 0,
                 recorded: 0,
             }),
+            closed: AtomicBool::new(true),
             name: Arc::from(""),
             listeners: Listeners::default(),
         }
@@ -259,6 +264,13 @@ impl Breaker {
         }
     }
 
+    /// Changes the state (with the lock held), and its lock-free mirror.
+    fn set_state(&self, inner: &mut Inner, state: CircuitState) {
+        inner.state = state;
+        self.closed
+            .store(state == CircuitState::Closed, Ordering::Release);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The state is a few counters, consistent after every statement.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -272,12 +284,15 @@ impl Breaker {
     /// time has come turns half-open and lets exactly this request through as
     /// the probe.
     pub fn admit(&self) -> Admission {
+        if self.closed.load(Ordering::Acquire) {
+            return Admission::Go;
+        }
         let now = self.clock.now();
         let mut inner = self.lock();
         match inner.state {
             CircuitState::Closed => Admission::Go,
             CircuitState::Open if inner.recovery_at.is_some_and(|t| now >= t) => {
-                inner.state = CircuitState::HalfOpen;
+                self.set_state(&mut inner, CircuitState::HalfOpen);
                 inner.probing = true;
                 self.changed(CircuitState::Open, CircuitState::HalfOpen);
                 Admission::Probe
@@ -395,7 +410,7 @@ impl Breaker {
             if failed {
                 self.open(inner, now);
             } else {
-                inner.state = CircuitState::Closed;
+                self.set_state(inner, CircuitState::Closed);
                 inner.consecutive = 0;
                 inner.reopenings = 0;
                 inner.opened_at = None;
@@ -453,7 +468,7 @@ impl Breaker {
     pub fn force_close(&self) {
         let mut inner = self.lock();
         self.changed(inner.state, CircuitState::Closed);
-        inner.state = CircuitState::Closed;
+        self.set_state(&mut inner, CircuitState::Closed);
         inner.consecutive = 0;
         inner.reopenings = 0;
         inner.probing = false;
@@ -514,7 +529,7 @@ impl Breaker {
             .recovery_window
             .mul_f64(factor.min(1e6))
             .min(self.config.recovery_backoff_max);
-        inner.state = CircuitState::Open;
+        self.set_state(inner, CircuitState::Open);
         inner.probing = false;
         inner.opened_at = Some(now);
         inner.recovery_at = Some(now + wait);
