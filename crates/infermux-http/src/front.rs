@@ -284,27 +284,49 @@ impl Conn {
         date_and_close(&mut self.out, close);
         self.out
             .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-        self.tcp.write_all(&self.out).await?;
+        // The head waits in `out` for the first piece when that is ready now
+        // (a stream's first event is read before its answer is chosen): one
+        // write for both. Otherwise it goes alone, at once.
+        let mut head_pending = true;
         loop {
-            let frame = tokio::select! {
-                frame = body.frame() => frame,
-                () = gone(&mut self.tcp, &mut self.buf) => {
-                    return Err(io::ErrorKind::ConnectionAborted.into());
+            let ready = if head_pending {
+                body.frame().now_or_never()
+            } else {
+                None
+            };
+            let frame = match ready {
+                Some(frame) => frame,
+                None => {
+                    if std::mem::take(&mut head_pending) {
+                        self.tcp.write_all(&self.out).await?;
+                        self.out.clear();
+                    }
+                    tokio::select! {
+                        frame = body.frame() => frame,
+                        () = gone(&mut self.tcp, &mut self.buf) => {
+                            return Err(io::ErrorKind::ConnectionAborted.into());
+                        }
+                    }
                 }
             };
-            let data = match frame {
-                None => return self.tcp.write_all(b"0\r\n\r\n").await,
+            match frame {
+                None => {
+                    self.out.extend_from_slice(b"0\r\n\r\n");
+                    return self.tcp.write_all(&self.out).await;
+                }
                 Some(frame) => match frame.map_err(io::Error::other)?.into_data() {
-                    Ok(data) if !data.is_empty() => data,
-                    _ => continue,
+                    Ok(data) if !data.is_empty() => {
+                        append_hex(&mut self.out, data.len());
+                        self.out.extend_from_slice(b"\r\n");
+                        self.out.extend_from_slice(&data);
+                        self.out.extend_from_slice(b"\r\n");
+                        self.tcp.write_all(&self.out).await?;
+                        self.out.clear();
+                        head_pending = false;
+                    }
+                    _ => {}
                 },
-            };
-            self.out.clear();
-            append_hex(&mut self.out, data.len());
-            self.out.extend_from_slice(b"\r\n");
-            self.out.extend_from_slice(&data);
-            self.out.extend_from_slice(b"\r\n");
-            self.tcp.write_all(&self.out).await?;
+            }
         }
     }
 }
