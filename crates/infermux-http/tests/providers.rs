@@ -688,6 +688,10 @@ async fn malformed_chat_requests_are_400s_naming_the_field() {
             "messages[0].role:",
         ),
         (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": 5}]}),
+            "messages[0].content: invalid type: integer `5`, expected a string or an array of content parts",
+        ),
+        (
             json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}),
             "n: 0",
         ),

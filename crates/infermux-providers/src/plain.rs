@@ -19,7 +19,7 @@
 //! the request on it.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -109,9 +109,31 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle connections by upstream, oldest first. A list: a process has a few
+/// upstreams, and scanning a few ids beats hashing one.
+#[derive(Default)]
+struct Pools(Vec<(u64, VecDeque<Idle>)>);
+
+impl Pools {
+    fn get_mut(&mut self, id: u64) -> Option<&mut VecDeque<Idle>> {
+        self.0.iter_mut().find(|(i, _)| *i == id).map(|(_, c)| c)
+    }
+
+    fn entry(&mut self, id: u64) -> &mut VecDeque<Idle> {
+        let at = match self.0.iter().position(|(i, _)| *i == id) {
+            Some(at) => at,
+            None => {
+                self.0.push((id, VecDeque::new()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at].1
+    }
+}
+
 thread_local! {
-    /// This thread's idle connections, by upstream, oldest first.
-    static IDLE: RefCell<HashMap<u64, VecDeque<Idle>>> = RefCell::default();
+    /// This thread's idle connections.
+    static IDLE: RefCell<Pools> = RefCell::default();
 }
 
 /// Drops the connections that waited too long (from the front: the oldest).
@@ -270,7 +292,7 @@ impl Plain {
         // `try_with`: a thread tearing down its thread-locals has no pool.
         IDLE.try_with(|idle| {
             let mut idle = idle.borrow_mut();
-            let conns = idle.get_mut(&self.id)?;
+            let conns = idle.get_mut(self.id)?;
             expire(conns, Instant::now());
             // The most recently used first: the likeliest to be alive.
             while let Some(c) = conns.pop_back() {
@@ -687,7 +709,7 @@ impl Body {
         let pool = self.pool;
         let _ = IDLE.try_with(|idle| {
             let mut idle = idle.borrow_mut();
-            let conns = idle.entry(pool).or_default();
+            let conns = idle.entry(pool);
             let now = Instant::now();
             expire(conns, now);
             if conns.len() < MAX_IDLE {
