@@ -33,7 +33,8 @@ perf report -i "$out/perf.data" --no-children --sort symbol -g none 2>/dev/null 
     if (n ~ /mi_|_mi_|malloc|free/) c="allocator";
     else if (n ~ /serde_json|serde_path|serde_core/) c="serde";
     else if (n ~ /hyper_util/) c="hyper-util";
-    else if (n ~ /hyper::|httparse/) c="hyper";
+    else if (n ~ /httparse/) c="httparse";
+    else if (n ~ /hyper::/) c="hyper";
     else if (n ~ /axum|tower/) c="axum and tower";
     else if (n ~ /tokio|mio/) c="tokio";
     else if (n ~ /infermux/) c="infermux";
