@@ -706,6 +706,50 @@ async fn bad_requests_on_a_hot_route_leave_the_connection_usable() {
 }
 
 #[tokio::test]
+async fn garbage_on_the_wire_gets_an_answer_or_a_close_and_the_server_goes_on() {
+    let s = Server::echo().await;
+    let cases: [(&str, Option<&str>); 5] = [
+        // Not HTTP at all: hyper answers 400.
+        ("\u{1}\u{2}garbage\r\n\r\n", Some("400")),
+        // A hot route with a length that is not a number: hyper's 400.
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: abc\r\n\r\n",
+            Some("400"),
+        ),
+        // Two lengths that disagree: hyper's 400.
+        (
+            "POST /infer HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+            Some("400"),
+        ),
+        // A body shorter than its length, then the close: no answer.
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 50\r\n\r\n{\"model\"",
+            None,
+        ),
+        // A head that never ends, then the close: no answer.
+        ("POST /infer HTTP/1.1\r\nx-a: b\r\n", None),
+    ];
+    for (raw, want) in cases {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        sock.write_all(raw.as_bytes()).await.unwrap();
+        sock.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut out))
+            .await
+            .expect("the server answers or closes")
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        match want {
+            Some(status) => assert_eq!(statuses(&out), [status], "{raw:?}: {out}"),
+            None => assert!(out.is_empty(), "{raw:?}: {out}"),
+        }
+    }
+    let (status, _, body) = s.post_json("/v1/chat/completions", &hello("echo-v1")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
 async fn management_status_providers_and_manual_circuits() {
     let r = Registry::new();
     r.register(Arc::new(EchoProvider::new())).unwrap();
