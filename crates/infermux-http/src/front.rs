@@ -95,7 +95,9 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
             } else if *draining.borrow() {
                 return;
             }
+            // `biased`: in the order written, without drawing a random number.
             tokio::select! {
+                biased;
                 read = conn.fill() => match read {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
@@ -240,7 +242,10 @@ impl Conn {
         // Boxed: the call's future is a few KB, and moving it into the
         // wrappers below copied it each time.
         let handler = std::panic::AssertUnwindSafe(Box::pin(handler)).catch_unwind();
+        // The handler first: a call that completes at once never has the
+        // client's side polled.
         tokio::select! {
+            biased;
             answer = handler => Some(match answer {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => Answer::Response(e.into_response()),
@@ -302,6 +307,7 @@ impl Conn {
                         self.out.clear();
                     }
                     tokio::select! {
+                        biased;
                         frame = body.frame() => frame,
                         () = gone(&mut self.tcp, &mut self.buf) => {
                             return Err(io::ErrorKind::ConnectionAborted.into());
