@@ -215,7 +215,7 @@ impl Router {
     /// the caller's deadline, and reports exactly one span, whatever happens
     /// (a call dropped by its caller reports a `cancelled` error span).
     pub async fn call(&self, req: &InferRequest, ctx: &RequestContext) -> Result<Routed, Error> {
-        let mut span = PendingSpan::start(self.spans.clone(), ctx, &req.model);
+        let mut span = PendingSpan::start(Sink::Borrowed(&*self.spans), ctx, &req.model);
         let result = self.call_inner(req, ctx, &mut span).await;
         match &result {
             Ok(routed) => span.finish_ok(&routed.response),
@@ -228,7 +228,7 @@ impl Router {
         &self,
         req: &InferRequest,
         ctx: &RequestContext,
-        span: &mut PendingSpan,
+        span: &mut PendingSpan<'_>,
     ) -> Result<Routed, Error> {
         let plan = self.prepare(req, span)?;
         let (route, mut response, strategy, group) = self
@@ -268,7 +268,7 @@ impl Router {
         plan: Plan,
         model: &str,
         ctx: &RequestContext,
-        span: &mut PendingSpan,
+        span: &mut PendingSpan<'_>,
         mut call: F,
     ) -> Result<(Route, T, Strategy, Option<Arc<str>>), Error>
     where
@@ -284,26 +284,26 @@ impl Router {
         let mut attempts = 0;
         let mut last_error = None;
         let mut limited = false;
-        for (i, route) in routes.iter().enumerate() {
-            let Some(permit) = Permit::acquire(route, &mut limited) else {
+        for (i, route) in routes.into_iter().enumerate() {
+            let Some(permit) = Permit::acquire(&route, &mut limited) else {
                 continue;
             };
             attempts += 1;
-            span.note_attempt(route, attempts);
+            span.note_attempt(&route, attempts);
             let cctx = span.call_context_detached(ctx);
             let fut = AssertUnwindSafe(call(route.clone(), cctx)).catch_unwind();
             let started = Instant::now();
-            let outcome = match with_deadline(span.remaining(ctx), route, fut).await {
+            let outcome = match with_deadline(span.remaining(ctx), &route, fut).await {
                 Err(e) => Err(permit.caller_gave_up(e)),
                 Ok(done) => permit.record(
-                    done.map_err(|_| panicked(route))
+                    done.map_err(|_| panicked(&route))
                         .and_then(|r| r.map_err(Error::from)),
                     started,
                     self.ewma_decay,
                 ),
             };
             match outcome {
-                Ok(value) => return Ok((route.clone(), value, strategy, group)),
+                Ok(value) => return Ok((route, value, strategy, group)),
                 Err(e) if i + 1 < count && span.may_retry(&e, ctx) => {
                     tracing::debug!(provider = %route.provider_name, error = %e, "attempt failed; trying the next provider");
                     last_error = Some(e);
@@ -320,7 +320,7 @@ impl Router {
         req: &EmbedRequest,
         ctx: &RequestContext,
     ) -> Result<(EmbedResponse, Arc<str>), Error> {
-        let mut span = PendingSpan::start(self.spans.clone(), ctx, &req.model);
+        let mut span = PendingSpan::start(Sink::Borrowed(&*self.spans), ctx, &req.model);
         let result = async {
             if req.input.is_empty() {
                 return Err(Error::invalid("input: must contain at least one text"));
@@ -364,7 +364,7 @@ impl Router {
         req: &InferRequest,
         ctx: &RequestContext,
     ) -> Result<RoutedStream, Error> {
-        let mut span = PendingSpan::start(self.spans.clone(), ctx, &req.model);
+        let mut span = PendingSpan::start(Sink::Shared(self.spans.clone()), ctx, &req.model);
         let deadline = ctx.timeout.map(|t| Instant::now() + t);
         // Fallback is possible until the first chunk: each attempt opens the
         // stream and waits for its first item before committing to it.
@@ -430,7 +430,7 @@ impl Router {
     }
 
     /// Validates `req` and lists the providers it may go to, best first.
-    fn prepare(&self, req: &InferRequest, span: &mut PendingSpan) -> Result<Plan, Error> {
+    fn prepare(&self, req: &InferRequest, span: &mut PendingSpan<'_>) -> Result<Plan, Error> {
         validate_request(req)?;
         let tokens = req
             .messages
@@ -448,7 +448,7 @@ impl Router {
         model: &str,
         provider: &str,
         prompt_tokens: u64,
-        span: &mut PendingSpan,
+        span: &mut PendingSpan<'_>,
     ) -> Result<Plan, Error> {
         // An explicit provider wins over groups.
         let group = if provider.is_empty() {
@@ -680,8 +680,8 @@ fn elapsed_ms(since: Instant) -> u64 {
 const DEADLINE_SKEW: Duration = Duration::from_millis(20);
 
 /// A span being recorded; reported exactly once, when finished or dropped.
-struct PendingSpan {
-    sink: Arc<dyn SpanSink>,
+struct PendingSpan<'a> {
+    sink: Sink<'a>,
     attrs: SpanAttrs,
     trace: TraceContext,
     span_id: Id128,
@@ -692,16 +692,36 @@ struct PendingSpan {
     deadline: Option<Instant>,
 }
 
-impl PendingSpan {
+/// Where a span goes: the router's sink, borrowed for a call that lives
+/// within the router's borrow (copying the shared `Arc` on every call passed
+/// its count between cores), or shared by a stream that outlives it.
+enum Sink<'a> {
+    Borrowed(&'a dyn SpanSink),
+    Shared(Arc<dyn SpanSink>),
+}
+
+impl Sink<'_> {
+    fn get(&self) -> &dyn SpanSink {
+        match self {
+            Sink::Borrowed(s) => *s,
+            Sink::Shared(s) => &**s,
+        }
+    }
+}
+
+impl<'a> PendingSpan<'a> {
     /// A span that is never reported (for `Router::choose`).
     fn detached(req: &InferRequest) -> Self {
-        let mut span =
-            PendingSpan::start(Arc::new(NoopSink), &RequestContext::default(), &req.model);
+        let mut span = PendingSpan::start(
+            Sink::Borrowed(&NoopSink),
+            &RequestContext::default(),
+            &req.model,
+        );
         span.reported = true;
         span
     }
 
-    fn start(sink: Arc<dyn SpanSink>, ctx: &RequestContext, model: &str) -> Self {
+    fn start(sink: Sink<'a>, ctx: &RequestContext, model: &str) -> Self {
         PendingSpan {
             sink,
             attrs: SpanAttrs {
@@ -768,7 +788,7 @@ impl PendingSpan {
         }
         let mut attrs = std::mem::take(&mut self.attrs);
         attrs.latency_ms = elapsed_ms(self.started);
-        self.sink.report(TraceSpan {
+        self.sink.get().report(TraceSpan {
             trace_id: self.trace.trace_id,
             span_id: self.span_id,
             parent_id: self.trace.parent_id,
@@ -781,7 +801,7 @@ impl PendingSpan {
     }
 }
 
-impl Drop for PendingSpan {
+impl Drop for PendingSpan<'_> {
     fn drop(&mut self) {
         if !self.reported {
             // A caller enforces its own deadline too (gRPC clients do) and may
@@ -813,7 +833,7 @@ pub struct RoutedStream {
     /// The configured price, and the price in force (configured or built in).
     pricing: (Option<Price>, Option<Price>),
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    span: PendingSpan,
+    span: PendingSpan<'static>,
     done: bool,
 }
 
