@@ -107,6 +107,8 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
             }
         };
         let total = head.head_len + head.body_len;
+        // Room for the whole body at once (at most 10 MiB: `parse` checked).
+        conn.buf.reserve(total.saturating_sub(conn.buf.len()));
         while conn.buf.len() < total {
             match conn.fill().await {
                 Ok(0) | Err(_) => return,

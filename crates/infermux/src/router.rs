@@ -787,14 +787,18 @@ impl<'a> PendingSpan<'a> {
             return;
         }
         let mut attrs = std::mem::take(&mut self.attrs);
-        attrs.latency_ms = elapsed_ms(self.started);
+        // One clock read: the end is the start plus what the monotonic clock
+        // measured.
+        let elapsed = self.started.elapsed();
+        attrs.latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.sink.get().report(TraceSpan {
             trace_id: self.trace.trace_id,
             span_id: self.span_id,
             parent_id: self.trace.parent_id,
             operation: OPERATION,
             start_ns: self.start_ns,
-            end_ns: now_ns(),
+            end_ns: self.start_ns.saturating_add(elapsed_ns),
             status,
             attrs,
         });

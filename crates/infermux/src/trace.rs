@@ -36,15 +36,18 @@ impl Id128 {
     /// Appends the 32 hex digits to `out` (no formatting machinery: ids are
     /// rendered on the request path, in headers and completion ids).
     pub fn push_hex(self, out: &mut String) {
-        push_hex(out, self.0, 32);
+        let mut digits = [0u8; 32];
+        hex_into(&mut digits, self.0);
+        out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
     }
 }
 
-/// Appends the low `digits` hex digits of `v`, lowercase, zero-padded.
-fn push_hex(out: &mut String, v: u128, digits: u32) {
+/// Fills `out` with the low hex digits of `v`, lowercase, zero-padded.
+fn hex_into(out: &mut [u8], v: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    let n = out.len();
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[((v >> ((n - 1 - i) * 4)) & 0xf) as usize];
     }
 }
 
@@ -135,13 +138,13 @@ impl TraceContext {
 
     /// The `traceparent` value to send downstream for a call made by `span_id`.
     pub fn traceparent_for(&self, span_id: Id128) -> String {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        self.trace_id.push_hex(&mut s);
-        s.push('-');
-        push_hex(&mut s, u128::from(span_id.high64()), 16);
-        s.push_str(if self.sampled { "-01" } else { "-00" });
-        s
+        let mut b = [0u8; 55];
+        b[..3].copy_from_slice(b"00-");
+        hex_into(&mut b[3..35], self.trace_id.0);
+        b[35] = b'-';
+        hex_into(&mut b[36..52], u128::from(span_id.high64()));
+        b[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        std::str::from_utf8(&b).unwrap_or_default().to_owned()
     }
 }
 
