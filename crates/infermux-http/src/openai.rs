@@ -295,11 +295,24 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// `chatcmpl-` and 32 random hex digits, on the stack.
+struct CompletionId([u8; 41]);
+
+impl CompletionId {
+    fn new() -> Self {
+        let mut id = [0u8; 41];
+        id[..9].copy_from_slice(b"chatcmpl-");
+        id[9..].copy_from_slice(&Id128::random().hex());
+        CompletionId(id)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 fn completion_id() -> String {
-    let mut id = String::with_capacity(41);
-    id.push_str("chatcmpl-");
-    Id128::random().push_hex(&mut id);
-    id
+    CompletionId::new().as_str().to_owned()
 }
 
 /// `POST /v1/chat/completions`.
@@ -331,7 +344,7 @@ pub(crate) async fn completions(
     }
     let routed = state.router.call(&req, &ctx).await?;
     let r = &routed.response;
-    let id = completion_id();
+    let id = CompletionId::new();
     let one = || {
         [Choice {
             index: 0,
@@ -346,7 +359,7 @@ pub(crate) async fn completions(
         }]
     };
     let body = |choices| ChatCompletion {
-        id: &id,
+        id: id.as_str(),
         object: "chat.completion",
         created: unix_now(),
         model: &r.model,
@@ -354,8 +367,8 @@ pub(crate) async fn completions(
         usage: Usage::new(r.tokens_in, r.tokens_out),
     };
     let encoded = match &r.choices {
-        Some(raw) => serde_json::to_vec(&body(Either::Raw(raw))),
-        None => serde_json::to_vec(&body(Either::Ours(one()))),
+        Some(raw) => json::to_vec(&body(Either::Raw(raw))),
+        None => json::to_vec(&body(Either::Ours(one()))),
     };
     let bytes = encoded.map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
     Ok(json_response(bytes, routed))

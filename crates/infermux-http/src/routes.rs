@@ -35,7 +35,7 @@ pub(crate) async fn infer_body(
 ) -> Result<Answer, ApiError> {
     let req: InferRequest = json::from_slice(&body)?;
     let routed = state.router.call(&req, &ctx(trace)).await?;
-    let body = serde_json::to_vec(&routed.response)
+    let body = json::to_vec(&routed.response)
         .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
     Ok(json_response(body, routed))
 }
@@ -120,10 +120,14 @@ impl RoutedJson {
         text(&LATENCY, buf.int(r.latency_ms));
         text(&PROMPT_TOKENS, buf.int(r.tokens_in));
         text(&COMPLETION_TOKENS, buf.int(r.tokens_out));
-        text(&TRACEPARENT, &routed.trace.traceparent_for(routed.span_id));
         if r.usage_estimated {
             text(&USAGE_ESTIMATED, "true");
         }
+        // Hex digits and dashes: always a valid value.
+        each(
+            &TRACEPARENT,
+            &routed.trace.traceparent_bytes(routed.span_id),
+        );
     }
 }
 

@@ -312,7 +312,7 @@ pub fn json<T: serde::Serialize>(
     req: http::Request<()>,
     body: &T,
 ) -> Result<Request, ProviderError> {
-    let body = serde_json::to_vec(body)
+    let body = infermux::json::to_vec(body)
         .map_err(|e| ProviderError::Internal(format!("cannot encode the upstream request: {e}")))?;
     let mut req = req.map(|()| Bytes::from(body));
     req.headers_mut().insert(

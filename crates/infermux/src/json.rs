@@ -48,6 +48,14 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> 
     Error::invalid(format!("{path}: {detail}"))
 }
 
+/// `value` as JSON, in a buffer with room for a typical answer from the start
+/// (`serde_json::to_vec` starts at 128 bytes and grows twice for one).
+pub fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,9 +36,14 @@ impl Id128 {
     /// Appends the 32 hex digits to `out` (no formatting machinery: ids are
     /// rendered on the request path, in headers and completion ids).
     pub fn push_hex(self, out: &mut String) {
+        out.push_str(std::str::from_utf8(&self.hex()).unwrap_or_default());
+    }
+
+    /// The 32 hex digits, as ASCII bytes.
+    pub fn hex(self) -> [u8; 32] {
         let mut digits = [0u8; 32];
         hex_into(&mut digits, self.0);
-        out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+        digits
     }
 }
 
@@ -138,13 +143,21 @@ impl TraceContext {
 
     /// The `traceparent` value to send downstream for a call made by `span_id`.
     pub fn traceparent_for(&self, span_id: Id128) -> String {
+        std::str::from_utf8(&self.traceparent_bytes(span_id))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// [`traceparent_for`](Self::traceparent_for) as ASCII bytes, without
+    /// an allocation.
+    pub fn traceparent_bytes(&self, span_id: Id128) -> [u8; 55] {
         let mut b = [0u8; 55];
         b[..3].copy_from_slice(b"00-");
         hex_into(&mut b[3..35], self.trace_id.0);
         b[35] = b'-';
         hex_into(&mut b[36..52], u128::from(span_id.high64()));
         b[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        std::str::from_utf8(&b).unwrap_or_default().to_owned()
+        b
     }
 }
 
