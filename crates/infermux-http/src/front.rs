@@ -21,6 +21,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
@@ -43,6 +44,10 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// What a client may send ahead (pipelined requests) while its call runs.
 const MAX_AHEAD: usize = 64 * 1024;
+/// How long a started request may take to arrive whole, head and body (hyper's
+/// header read timeout, on the connections it serves, is the same). An idle
+/// connection between requests has no limit, as with hyper.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The routes answered here.
 #[derive(Debug, Clone, Copy)]
@@ -83,36 +88,43 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
         out: Vec::with_capacity(1024),
     };
     loop {
+        // Set when a started request first has to wait for more bytes.
+        let mut deadline = None;
         let head = loop {
-            if !conn.buf.is_empty() {
-                match parse(&conn.buf) {
-                    Parsed::Ours(head) => break head,
-                    Parsed::Partial if conn.buf.len() <= MAX_HEAD => {}
-                    Parsed::Partial | Parsed::Theirs => {
-                        return fallback(conn.tcp, conn.buf, api.router, draining).await;
+            if conn.buf.is_empty() {
+                if *draining.borrow() {
+                    return;
+                }
+                // `biased`: in the order written, without drawing a random number.
+                tokio::select! {
+                    biased;
+                    read = conn.fill() => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    // Idle when the server drains: close.
+                    _ = draining.changed() => return,
+                }
+                continue;
+            }
+            match parse(&conn.buf) {
+                Parsed::Ours(head) => break head,
+                Parsed::Partial if conn.buf.len() <= MAX_HEAD => {
+                    if !conn.fill_by(&mut deadline).await {
+                        return;
                     }
                 }
-            } else if *draining.borrow() {
-                return;
-            }
-            // `biased`: in the order written, without drawing a random number.
-            tokio::select! {
-                biased;
-                read = conn.fill() => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                },
-                // Idle when the server drains: close.
-                _ = draining.changed(), if conn.buf.is_empty() => return,
+                Parsed::Partial | Parsed::Theirs => {
+                    return fallback(conn.tcp, conn.buf, api.router, draining).await;
+                }
             }
         };
         let total = head.head_len + head.body_len;
         // Room for the whole body at once (at most 10 MiB: `parse` checked).
         conn.buf.reserve(total.saturating_sub(conn.buf.len()));
         while conn.buf.len() < total {
-            match conn.fill().await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            if !conn.fill_by(&mut deadline).await {
+                return;
             }
         }
         let body = conn.buf.split_to(total).freeze().slice(head.head_len..);
@@ -221,6 +233,14 @@ impl Conn {
             self.buf.reserve(4096);
         }
         self.tcp.read_buf(&mut self.buf).await
+    }
+
+    /// Reads more of a started request, which must be whole within
+    /// [`READ_TIMEOUT`] of its first wait (`deadline`, set then). False when
+    /// the connection ended, failed or ran out of time: close it.
+    async fn fill_by(&mut self, deadline: &mut Option<tokio::time::Instant>) -> bool {
+        let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + READ_TIMEOUT);
+        matches!(tokio::time::timeout_at(at, self.fill()).await, Ok(Ok(1..)))
     }
 
     /// Runs the route's handler while watching the client; `None` if the
@@ -466,6 +486,8 @@ async fn fallback(
         tcp,
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
         .serve_connection(io, TowerToHyperService::new(router))
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);

@@ -749,6 +749,67 @@ async fn garbage_on_the_wire_gets_an_answer_or_a_close_and_the_server_goes_on() 
     assert_eq!(status, 200, "{body}");
 }
 
+/// Sends `pieces` with `pause` between them, then waits (without closing)
+/// for what the server answers until it closes the connection.
+async fn trickle(addr: SocketAddr, pieces: &[&str], pause: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for piece in pieces {
+        sock.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), sock.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// Paused time: the runtime jumps to the next timer whenever everything waits,
+// so the 30 s limits pass at once.
+#[tokio::test(start_paused = true)]
+async fn a_request_that_stalls_is_cut_off_after_30_seconds() {
+    let s = Server::echo().await;
+    let started = tokio::time::Instant::now();
+    // A head that never ends, then a body that never comes whole: closed, no answer.
+    let out = trickle(
+        s.addr,
+        &["POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"],
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(out, "");
+    let out = trickle(
+        s.addr,
+        &["POST /infer HTTP/1.1\r\ncontent-length: 100\r\n\r\n{\"model\""],
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(out, "");
+    // A head too long for the front goes to hyper, whose limit is the same.
+    let long = format!(
+        "GET /v1/models HTTP/1.1\r\nx-long: {}\r\n",
+        "a".repeat(70_000)
+    );
+    let out = trickle(s.addr, &[&long], Duration::ZERO).await;
+    assert!(!out.contains(" 200 "), "{out}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(90) && waited < Duration::from_secs(100),
+        "three cut-offs of 30 s each, not {waited:?}"
+    );
+    // Slow but whole within the limit: answered.
+    let chat = raw_post(
+        "/infer",
+        "connection: close\r\n",
+        &hello("echo-v1").to_string(),
+    );
+    let (a, b) = chat.split_at(30);
+    let out = trickle(s.addr, &[a, b], Duration::from_secs(10)).await;
+    assert_eq!(statuses(&out), ["200"], "{out}");
+}
+
 #[tokio::test]
 async fn management_status_providers_and_manual_circuits() {
     let r = Registry::new();
