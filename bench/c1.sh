@@ -15,20 +15,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-6}
-out=bench/out
-for f in nginx-mock.conf nginx-hop.conf infermux.yml; do
-  [ -f "$out/$f" ] || { echo "$out/$f is missing: run bench/overhead.sh once first" >&2; exit 1; }
-done
-if [ -z "${INFERMUX_BIN:-}" ]; then
-  cargo build --release --locked -q -p infermux-cli
-  INFERMUX_BIN=target/release/infermux
-fi
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+. bench/lib.sh
+need_configs nginx-mock.conf nginx-hop.conf infermux.yml
+infermux_bin
 taskset -c 0 nginx -p "$PWD/$out" -c "$PWD/$out/nginx-mock.conf" 2>/dev/null & pids+=($!)
 taskset -c 0 nginx -p "$PWD/$out" -c "$PWD/$out/nginx-hop.conf" 2>/dev/null & pids+=($!)
-taskset -c 0 "$INFERMUX_BIN" serve --addr 127.0.0.1:18803 --config "$out/infermux.yml" --log-level warn 2>"$out/infermux.log" & pids+=($!)
+taskset -c 0 "$imx_bin" serve --addr 127.0.0.1:18803 --config "$out/infermux.yml" --log-level warn 2>"$out/infermux.log" & pids+=($!)
 for port in 18801 18802 18803; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done

@@ -17,22 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-64}
 secs=${2:-5}
-out=bench/out
-for f in nginx-mock.conf nginx-hop.conf infermux.yml; do
-  [ -f "$out/$f" ] || { echo "$out/$f is missing: run bench/overhead.sh once first" >&2; exit 1; }
-done
-if [ -n "${INFERMUX_BIN:-}" ]; then
-  imx_bin=$INFERMUX_BIN
-else
-  cargo build --release --locked -q -p infermux-cli ${INFERMUX_FEATURES:+--features "infermux-cli/$INFERMUX_FEATURES"}
-  imx_bin=$PWD/target/release/infermux
-fi
+. bench/lib.sh
+need_configs nginx-mock.conf nginx-hop.conf infermux.yml
+infermux_bin
 server_cpu=(); client_cpu=()
 if [ "$conns" = 1 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
-pids=()
 empty=$(mktemp -d)
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$empty"; }
-trap cleanup EXIT
+trap 'cleanup; rm -rf "$empty"' EXIT
 "${server_cpu[@]}" nginx -p "$PWD/$out" -c "$PWD/$out/nginx-mock.conf" 2>/dev/null & pids+=($!)
 "${server_cpu[@]}" nginx -p "$PWD/$out" -c "$PWD/$out/nginx-hop.conf" 2>/dev/null & pids+=($!)
 # shellcheck disable=SC2086

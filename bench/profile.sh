@@ -5,21 +5,16 @@
 #
 # Uses the configs bench/overhead.sh writes to bench/out/ (run it once first).
 # Needs perf (apt-get install -y linux-perf). Usage: bench/profile.sh [seconds, default 5]
+# INFERMUX_BIN=/path/to/infermux profiles that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
-out=bench/out
-bin=target/release
-for f in nginx-mock.conf infermux.yml; do
-  [ -f "$out/$f" ] || { echo "$out/$f is missing: run bench/overhead.sh once first" >&2; exit 1; }
-done
+. bench/lib.sh
+need_configs nginx-mock.conf infermux.yml
 command -v perf >/dev/null || { echo "perf is not installed: apt-get install -y linux-perf" >&2; exit 1; }
-cargo build --release --locked -q -p infermux-cli ${INFERMUX_FEATURES:+--features "infermux-cli/$INFERMUX_FEATURES"}
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+infermux_bin
 nginx -p "$PWD/$out" -c "$PWD/$out/nginx-mock.conf" 2>/dev/null & pids+=($!)
-$bin/infermux serve --addr 127.0.0.1:18803 --config "$out/infermux.yml" --log-level warn 2>"$out/infermux.log" & imx=$!; pids+=($imx)
+"$imx_bin" serve --addr 127.0.0.1:18803 --config "$out/infermux.yml" --log-level warn 2>"$out/infermux.log" & imx=$!; pids+=($imx)
 for port in 18801 18803; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done
