@@ -76,6 +76,13 @@ impl Gateway {
     }
 }
 
+/// The contract's error message in an error body.
+fn error_message(body: &Value) -> &str {
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {body}"))
+}
+
 fn openai_config(u: &Upstream) -> String {
     format!(
         r#"
@@ -544,7 +551,7 @@ async fn upstream_failures_follow_the_error_table() {
             .await;
         assert_eq!(got, status, "{body}");
         assert_eq!(body["error"]["code"], code, "{body}");
-        let message = body["error"]["message"].as_str().unwrap();
+        let message = error_message(&body);
         assert!(message.contains(text), "{message}");
         assert!(!message.contains("sk-test"), "no secrets in errors");
     }
@@ -716,7 +723,7 @@ async fn malformed_chat_requests_are_400s_naming_the_field() {
         let (status, _, body) = gw.chat(req).await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"]["code"], "invalid_request");
-        let message = body["error"]["message"].as_str().unwrap();
+        let message = error_message(&body);
         assert!(message.starts_with(want), "want {want:?}, got {message:?}");
     }
     assert!(
@@ -775,10 +782,7 @@ async fn models_lists_every_routable_model_and_alias() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "model_not_found");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("\"meta-llama/Llama-3-8B\""),
+        error_message(&body).contains("\"meta-llama/Llama-3-8B\""),
         "{body}"
     );
 }
@@ -929,10 +933,7 @@ async fn embeddings_route_to_openai_compatible_providers_only() {
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not serve embeddings"),
+        error_message(&body).contains("does not serve embeddings"),
         "{body}"
     );
     let resp = gw
@@ -1297,10 +1298,7 @@ async fn tool_calls_translate_to_anthropic_and_back() {
     let (status, _, body) = gw.chat(bad).await;
     assert_eq!(status, 400, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("messages[1].tool_calls[0].function.arguments: not JSON"),
+        error_message(&body).starts_with("messages[1].tool_calls[0].function.arguments: not JSON"),
         "{body}"
     );
     assert_eq!(up.seen().len(), before);
@@ -1315,10 +1313,7 @@ async fn tool_calls_translate_to_anthropic_and_back() {
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("messages[0].role: unknown role \"tool\""),
+        error_message(&body).starts_with("messages[0].role: unknown role \"tool\""),
         "{body}"
     );
 }
@@ -1435,9 +1430,7 @@ async fn image_parts_reach_openai_compatible_and_anthropic_providers() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
+        error_message(&body)
             .starts_with("messages[0].content[1].type: input_audio parts are not supported"),
         "{body}"
     );
@@ -1526,12 +1519,6 @@ async fn several_choices_are_refused_by_providers_that_give_one() {
         .chat(json!({"model": "claude-sonnet-4-5", "n": 3, "messages": [{"role": "user", "content": "x"}]}))
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("n: 3"),
-        "{body}"
-    );
+    assert!(error_message(&body).starts_with("n: 3"), "{body}");
     assert!(up.seen().is_empty());
 }
