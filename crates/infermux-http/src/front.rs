@@ -240,7 +240,18 @@ impl Conn {
     /// the connection ended, failed or ran out of time: close it.
     async fn fill_by(&mut self, deadline: &mut Option<tokio::time::Instant>) -> bool {
         let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + READ_TIMEOUT);
-        matches!(tokio::time::timeout_at(at, self.fill()).await, Ok(Ok(1..)))
+        match tokio::time::timeout_at(at, self.fill()).await {
+            Ok(Ok(n)) => n > 0,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::debug!(
+                    peer = ?self.tcp.peer_addr().ok(),
+                    timeout_s = READ_TIMEOUT.as_secs(),
+                    "a request did not arrive whole in time; closing its connection"
+                );
+                false
+            }
+        }
     }
 
     /// Runs the route's handler while watching the client; `None` if the
@@ -417,18 +428,7 @@ fn end_head(out: &mut Vec<u8>, close: bool, len: usize) {
 /// `prefix` and `n` in decimal, without a line end.
 fn append_len(out: &mut Vec<u8>, prefix: &[u8], n: u64) {
     out.extend_from_slice(prefix);
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(routes::decimal(n, &mut [0u8; 20]));
 }
 
 /// `n` in hexadecimal (a chunk size).

@@ -104,6 +104,8 @@ impl RoutedJson {
     pub(crate) fn headers(&self, mut each: impl FnMut(&HeaderName, &[u8])) {
         let routed = &self.routed;
         let r = &routed.response;
+        // Names from the config may hold what a header cannot; numbers and
+        // hex ids always fit.
         let mut text = |name: &HeaderName, value: &str| {
             if is_header_value(value.as_bytes()) {
                 each(name, value.as_bytes());
@@ -115,15 +117,17 @@ impl RoutedJson {
         if let Some(group) = &routed.route_group {
             text(&ROUTE_GROUP, group);
         }
-        let mut buf = Digits(String::with_capacity(24));
-        text(&COST, buf.float(r.cost_usd));
-        text(&LATENCY, buf.int(r.latency_ms));
-        text(&PROMPT_TOKENS, buf.int(r.tokens_in));
-        text(&COMPLETION_TOKENS, buf.int(r.tokens_out));
+        // As Rust writes an `f64`: the shortest text that reads back the same.
+        let mut cost = String::with_capacity(24);
+        let _ = write!(cost, "{}", r.cost_usd);
+        text(&COST, &cost);
         if r.usage_estimated {
             text(&USAGE_ESTIMATED, "true");
         }
-        // Hex digits and dashes: always a valid value.
+        let mut digits = [0u8; 20];
+        each(&LATENCY, decimal(r.latency_ms, &mut digits));
+        each(&PROMPT_TOKENS, decimal(r.tokens_in, &mut digits));
+        each(&COMPLETION_TOKENS, decimal(r.tokens_out, &mut digits));
         each(
             &TRACEPARENT,
             &routed.trace.traceparent_bytes(routed.span_id),
@@ -175,22 +179,17 @@ fn is_header_value(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
-/// Numbers as text, in one reused buffer.
-#[derive(Default)]
-struct Digits(String);
-
-impl Digits {
-    fn int(&mut self, n: u64) -> &str {
-        self.0.clear();
-        let _ = write!(self.0, "{n}");
-        &self.0
-    }
-
-    /// As Rust writes an `f64`: the shortest text that reads back the same.
-    fn float(&mut self, x: f64) -> &str {
-        self.0.clear();
-        let _ = write!(self.0, "{x}");
-        &self.0
+/// `n` in decimal, written into the end of `digits`; the digits written.
+pub(crate) fn decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[i..];
+        }
     }
 }
 
