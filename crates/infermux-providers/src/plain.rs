@@ -1227,7 +1227,19 @@ mod tests {
     #[tokio::test]
     async fn an_ipv6_upstream_is_reached() {
         let Ok(listener) = TcpListener::bind("[::1]:0").await else {
-            return; // no IPv6 loopback on this machine
+            // No IPv6 loopback on this machine: an IPv6 upstream is then
+            // unreachable, and says so as the contract's error.
+            let url = "http://[::1]:9";
+            let err = upstream(url, Duration::from_secs(5))
+                .call(post(url, "{}"))
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                matches!(&err, ProviderError::Unavailable(m) if m.contains("cannot connect")),
+                "{err:?}"
+            );
+            return;
         };
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
