@@ -27,9 +27,8 @@ use crate::extract::{JsonBytes, Traceparent};
 use crate::routes::{Answer, json_response};
 
 /// A chat completion request, as OpenAI defines it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 struct ChatCompletionRequest {
-    #[serde(default)]
     model: String,
     messages: Vec<OaiMessage>,
     temperature: Option<f64>,
@@ -37,16 +36,146 @@ struct ChatCompletionRequest {
     max_completion_tokens: Option<i64>,
     top_p: Option<f64>,
     stop: Option<Stop>,
-    #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
     n: Option<i64>,
     /// infermux extension: send to this provider, whatever the model resolves to.
-    #[serde(default)]
     provider: String,
     /// Everything else (tools, response_format, seed, user, ...).
-    #[serde(flatten)]
     extra: Map<String, Value>,
+}
+
+/// A key of the request object: a field [`ChatCompletionRequest`] names, or
+/// another (kept in `extra`).
+#[derive(Clone, Copy)]
+enum ChatField {
+    Model,
+    Messages,
+    Temperature,
+    MaxTokens,
+    MaxCompletionTokens,
+    TopP,
+    Stop,
+    Stream,
+    StreamOptions,
+    N,
+    Provider,
+}
+
+impl ChatField {
+    const ALL: [ChatField; 11] = [
+        ChatField::Model,
+        ChatField::Messages,
+        ChatField::Temperature,
+        ChatField::MaxTokens,
+        ChatField::MaxCompletionTokens,
+        ChatField::TopP,
+        ChatField::Stop,
+        ChatField::Stream,
+        ChatField::StreamOptions,
+        ChatField::N,
+        ChatField::Provider,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ChatField::Model => "model",
+            ChatField::Messages => "messages",
+            ChatField::Temperature => "temperature",
+            ChatField::MaxTokens => "max_tokens",
+            ChatField::MaxCompletionTokens => "max_completion_tokens",
+            ChatField::TopP => "top_p",
+            ChatField::Stop => "stop",
+            ChatField::Stream => "stream",
+            ChatField::StreamOptions => "stream_options",
+            ChatField::N => "n",
+            ChatField::Provider => "provider",
+        }
+    }
+}
+
+enum ChatKey {
+    Field(ChatField),
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for ChatKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = ChatKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ChatKey, E> {
+                Ok(match ChatField::ALL.into_iter().find(|f| f.name() == v) {
+                    Some(field) => ChatKey::Field(field),
+                    None => ChatKey::Other(v.to_owned()),
+                })
+            }
+        }
+        d.deserialize_identifier(Visit)
+    }
+}
+
+/// Decoded by hand: `#[serde(flatten)]` for `extra` would buffer the whole
+/// request (every message) into an intermediate tree and decode it again.
+/// Named fields decode straight into place; the rest land in `extra`.
+impl<'de> Deserialize<'de> for ChatCompletionRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ChatCompletionRequest;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a chat completion request object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ChatCompletionRequest, A::Error> {
+                use serde::de::Error as _;
+                let mut r = ChatCompletionRequest::default();
+                let mut seen = [false; ChatField::ALL.len()];
+                while let Some(key) = map.next_key::<ChatKey>()? {
+                    let field = match key {
+                        ChatKey::Field(field) => field,
+                        ChatKey::Other(name) => {
+                            let value = map.next_value()?;
+                            r.extra.insert(name, value);
+                            continue;
+                        }
+                    };
+                    if std::mem::replace(&mut seen[field as usize], true) {
+                        return Err(A::Error::duplicate_field(field.name()));
+                    }
+                    match field {
+                        ChatField::Model => r.model = map.next_value()?,
+                        ChatField::Messages => r.messages = map.next_value()?,
+                        ChatField::Temperature => r.temperature = map.next_value()?,
+                        ChatField::MaxTokens => r.max_tokens = map.next_value()?,
+                        ChatField::MaxCompletionTokens => {
+                            r.max_completion_tokens = map.next_value()?;
+                        }
+                        ChatField::TopP => r.top_p = map.next_value()?,
+                        ChatField::Stop => r.stop = map.next_value()?,
+                        ChatField::Stream => r.stream = map.next_value()?,
+                        ChatField::StreamOptions => r.stream_options = map.next_value()?,
+                        ChatField::N => r.n = map.next_value()?,
+                        ChatField::Provider => r.provider = map.next_value()?,
+                    }
+                }
+                if !seen[ChatField::Messages as usize] {
+                    return Err(A::Error::missing_field("messages"));
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -741,4 +870,56 @@ pub async fn embeddings(
     );
     headers.insert("x-infermux-latency-ms", HeaderValue::from(resp.latency_ms));
     Ok((StatusCode::OK, headers, bytes).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &str) -> Result<ChatCompletionRequest, Error> {
+        json::from_slice(body.as_bytes())
+    }
+
+    #[test]
+    fn named_fields_decode_in_place_and_the_rest_go_to_extra() {
+        let r = decode(
+            r#"{"seed":7,"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,
+               "tools":[{"type":"function"}],"n":2,"provider":"p","stop":"x","top_p":0.5}"#,
+        )
+        .unwrap();
+        assert_eq!((r.model.as_str(), r.provider.as_str()), ("m", "p"));
+        assert_eq!(r.messages.len(), 1);
+        assert!(r.stream);
+        assert_eq!((r.n, r.top_p), (Some(2), Some(0.5)));
+        assert!(matches!(r.stop, Some(Stop::One(ref s)) if s == "x"));
+        assert_eq!(r.extra.len(), 2, "{:?}", r.extra);
+        assert_eq!(r.extra["seed"], 7);
+        assert_eq!(r.extra["tools"][0]["type"], "function");
+    }
+
+    #[test]
+    fn request_objects_are_checked_as_derive_would() {
+        for (body, want) in [
+            (r#"{"model":"m"}"#, "body: missing field `messages`"),
+            (
+                r#"{"messages":[],"model":"a","model":"b"}"#,
+                "body: duplicate field `model`",
+            ),
+            (r#"[1]"#, "body: invalid type: sequence"),
+            (
+                r#"{"messages":[],"stream":null}"#,
+                "stream: invalid type: null",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"x":}"#,
+                "invalid JSON",
+            ),
+        ] {
+            let message = decode(body).unwrap_err().to_string();
+            assert!(
+                message.starts_with(want),
+                "{body}: want {want:?}, got {message:?}"
+            );
+        }
+    }
 }
