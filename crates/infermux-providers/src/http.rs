@@ -150,16 +150,20 @@ impl Upstream {
                     .await
                     .map_err(|_| self.timed_out())?
             }
-            Transport::Pooled(clients) => {
-                let resp = self.execute(clients, req, Some(self.timeout)).await?;
-                let status = resp.status();
-                let body = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| transport_error(&e, &self.provider))?;
-                Ok(Answer { status, body })
-            }
+            // Boxed: reqwest's futures are large, and in line they would
+            // make every plain call's future as large.
+            Transport::Pooled(clients) => Box::pin(self.call_pooled(clients, req)).await,
         }
+    }
+
+    async fn call_pooled(&self, clients: &Clients, req: Request) -> Result<Answer, ProviderError> {
+        let resp = self.execute(clients, req, Some(self.timeout)).await?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&e, &self.provider))?;
+        Ok(Answer { status, body })
     }
 
     /// Sends `req` and waits for the answer's head (within the provider's
@@ -240,7 +244,7 @@ impl Upstream {
         if !answer.status.is_success() {
             return Err(error_from(answer.status, &answer.body, &self.provider));
         }
-        serde_json::from_slice(&answer.body).map_err(|e| {
+        infermux::json::from_slice_untracked(&answer.body).map_err(|e| {
             ProviderError::Unavailable(format!(
                 "provider \"{}\" sent an unreadable body: {e}",
                 self.provider

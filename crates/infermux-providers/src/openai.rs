@@ -355,11 +355,8 @@ impl Provider for OpenAiProvider {
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
-        let body = chat_request(ctx.model, req, false);
-        let parsed: ChatResponse = self
-            .upstream
-            .call_json(self.post(ctx, Endpoint::Chat, &body)?)
-            .await?;
+        let request = self.post(ctx, Endpoint::Chat, &chat_request(ctx.model, req, false))?;
+        let parsed: ChatResponse = self.upstream.call_json(request).await?;
         if let Some(error) = &parsed.error {
             return Err(error_body(&self.name, error));
         }

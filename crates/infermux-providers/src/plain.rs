@@ -204,11 +204,15 @@ impl Plain {
         req: http::Request<Bytes>,
         provider: &str,
     ) -> Result<Response, ProviderError> {
-        let (parts, body) = req.into_parts();
-        let (wire, rest) = self.encode(&parts, body);
+        let (wire, rest) = {
+            let (parts, body) = req.into_parts();
+            self.encode(&parts, body)
+        };
+        // Connecting is boxed: it is the rare path, and its future would
+        // otherwise make every call's future larger (and slower to move).
         let (mut conn, mut reused) = match self.take() {
             Some(conn) => (conn, true),
-            None => (self.connect(provider).await?, false),
+            None => (Box::pin(self.connect(provider)).await?, false),
         };
         loop {
             match exchange(&mut conn, &wire, &rest).await {
@@ -216,7 +220,7 @@ impl Plain {
                 // The pooled connection was closed as the request went out:
                 // the upstream never saw it there, so a fresh one gets it.
                 Err(Failed::Unanswered(_)) if reused => {
-                    conn = self.connect(provider).await?;
+                    conn = Box::pin(self.connect(provider)).await?;
                     reused = false;
                 }
                 Err(Failed::Unanswered(e) | Failed::Sent(e)) => {

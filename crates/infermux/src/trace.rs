@@ -47,12 +47,15 @@ impl Id128 {
     }
 }
 
-/// Fills `out` with the low hex digits of `v`, lowercase, zero-padded.
+/// Fills `out` (an even length, at most 32) with the low hex digits of `v`,
+/// lowercase, zero-padded: a byte at a time, two digits from one lookup each.
 fn hex_into(out: &mut [u8], v: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = out.len();
-    for (i, digit) in out.iter_mut().enumerate() {
-        *digit = HEX[((v >> ((n - 1 - i) * 4)) & 0xf) as usize];
+    let bytes = v.to_be_bytes();
+    let skip = bytes.len().saturating_sub(out.len() / 2);
+    for (pair, b) in out.chunks_exact_mut(2).zip(&bytes[skip..]) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
@@ -291,6 +294,10 @@ mod tests {
             unsampled
                 .traceparent_for(span)
                 .ends_with("-0123456789abcdef-00")
+        );
+        assert_eq!(
+            Id128(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210).to_string(),
+            "0123456789abcdeffedcba9876543210"
         );
         assert_eq!(
             Id128(u128::MAX).to_string(),
