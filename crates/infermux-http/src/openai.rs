@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBytes, Traceparent};
-use crate::routes::{Answer, json_response};
+use crate::routes::{Answer, decimal, json_response};
 
 /// A chat completion request, as OpenAI defines it.
 #[derive(Debug, Default)]
@@ -336,15 +336,29 @@ impl ChatCompletionRequest {
     }
 }
 
-#[derive(Serialize)]
-struct ChatCompletion<'a, C> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    /// Ours (`[Choice; 1]`), or an OpenAI-compatible provider's as it sent them.
-    choices: C,
-    usage: Usage,
+/// A `chat.completion` object, written field by field (the one answer every
+/// unary call writes; serde's general path cost several times as much).
+/// `choices` is JSON: ours, or an OpenAI-compatible provider's as it sent
+/// them.
+fn chat_completion(id: &str, created: u64, model: &str, choices: &[u8], usage: Usage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(192 + model.len() + choices.len());
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(br#"{"id":""#);
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(br#"","object":"chat.completion","created":"#);
+    out.extend_from_slice(decimal(created, &mut digits));
+    out.extend_from_slice(br#","model":"#);
+    json::write_str(&mut out, model);
+    out.extend_from_slice(br#","choices":"#);
+    out.extend_from_slice(choices);
+    out.extend_from_slice(br#","usage":{"prompt_tokens":"#);
+    out.extend_from_slice(decimal(usage.prompt_tokens, &mut digits));
+    out.extend_from_slice(br#","completion_tokens":"#);
+    out.extend_from_slice(decimal(usage.completion_tokens, &mut digits));
+    out.extend_from_slice(br#","total_tokens":"#);
+    out.extend_from_slice(decimal(usage.total_tokens, &mut digits));
+    out.extend_from_slice(b"}}");
+    out
 }
 
 /// Choices we build, or a provider's verbatim.
@@ -487,19 +501,17 @@ pub(crate) async fn completions(
             logprobs: None,
         }]
     };
-    let body = |choices| ChatCompletion {
-        id: id.as_str(),
-        object: "chat.completion",
-        created: unix_now(),
-        model: &r.model,
-        choices,
-        usage: Usage::new(r.tokens_in, r.tokens_out),
+    let ours;
+    let choices = match &r.choices {
+        Some(raw) => raw.get().as_bytes(),
+        None => {
+            ours = json::to_vec(&one())
+                .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
+            &ours
+        }
     };
-    let encoded = match &r.choices {
-        Some(raw) => json::to_vec(&body(Either::Raw(raw))),
-        None => json::to_vec(&body(Either::Ours(one()))),
-    };
-    let bytes = encoded.map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
+    let usage = Usage::new(r.tokens_in, r.tokens_out);
+    let bytes = chat_completion(id.as_str(), unix_now(), &r.model, choices, usage);
     Ok(json_response(bytes, routed))
 }
 
@@ -895,6 +907,34 @@ mod tests {
         assert_eq!(r.extra.len(), 2, "{:?}", r.extra);
         assert_eq!(r.extra["seed"], 7);
         assert_eq!(r.extra["tools"][0]["type"], "function");
+    }
+
+    #[test]
+    fn completions_are_written_as_openai_shapes_them() {
+        let body = chat_completion(
+            "chatcmpl-1",
+            1_700_000_000,
+            "gpt-\"4o\"\n\u{e9}",
+            br#"[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]"#,
+            Usage::new(12, 30),
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1_700_000_000,
+                "model": "gpt-\"4o\"\n\u{e9}",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+            })
+        );
+        assert!(
+            body.starts_with(br#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-\"4o\"\n"#),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
     }
 
     #[test]

@@ -118,9 +118,15 @@ impl RoutedJson {
             text(&ROUTE_GROUP, group);
         }
         // As Rust writes an `f64`: the shortest text that reads back the same.
-        let mut cost = String::with_capacity(24);
-        let _ = write!(cost, "{}", r.cost_usd);
-        text(&COST, &cost);
+        // No price configured, the common case for self-hosted models, skips
+        // the float formatter.
+        if r.cost_usd == 0.0 {
+            text(&COST, "0");
+        } else {
+            let mut cost = String::with_capacity(24);
+            let _ = write!(cost, "{}", r.cost_usd);
+            text(&COST, &cost);
+        }
         if r.usage_estimated {
             text(&USAGE_ESTIMATED, "true");
         }

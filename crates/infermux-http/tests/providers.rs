@@ -456,10 +456,14 @@ providers:
     assert_eq!(seen.header("api-key"), Some("az-key"));
     assert!(seen.header("authorization").is_none());
 
-    let (status, _, _) = gw
+    let (status, headers, _) = gw
         .chat(json!({"model": "llama3", "messages": [{"role": "user", "content": "x"}]}))
         .await;
     assert_eq!(status, 200);
+    assert_eq!(
+        headers["x-infermux-cost"], "0",
+        "no price for a local model"
+    );
     let seen = up.last();
     assert_eq!(seen.path_and_query, "/v1/chat/completions");
     assert!(

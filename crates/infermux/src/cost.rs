@@ -95,13 +95,14 @@ pub fn price_of(price: Price, tokens_in: u64, tokens_out: u64) -> f64 {
 /// prefix of it followed by `-` (a dated or suffixed variant). A few hash
 /// lookups, one per `-` in the name.
 pub fn built_in(model: &str) -> Option<Price> {
-    static TABLE: std::sync::LazyLock<HashMap<&'static str, (f64, f64)>> =
-        std::sync::LazyLock::new(|| {
-            BUILT_IN
-                .iter()
-                .map(|&(name, i, o)| (name, (i, o)))
-                .collect()
-        });
+    // foldhash: looked up on every call, a few times for dated names.
+    type Table = HashMap<&'static str, (f64, f64), foldhash::fast::RandomState>;
+    static TABLE: std::sync::LazyLock<Table> = std::sync::LazyLock::new(|| {
+        BUILT_IN
+            .iter()
+            .map(|&(name, i, o)| (name, (i, o)))
+            .collect()
+    });
     let mut candidate = model;
     loop {
         if let Some(&(input, output)) = TABLE.get(candidate) {

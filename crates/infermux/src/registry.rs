@@ -95,24 +95,29 @@ impl std::fmt::Debug for Route {
     }
 }
 
+/// Maps looked up on every call: foldhash (seeded per process) instead of
+/// SipHash, several times cheaper for short keys. Keys are names from the
+/// config; a caller's model name is only looked up, never inserted.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Snapshot {
     entries: Vec<Entry>,
     /// Each entry as routes reach it, by index.
     targets: Vec<Arc<Target>>,
     /// Provider name → index in `entries`.
-    by_name: HashMap<Arc<str>, usize>,
+    by_name: FastMap<Arc<str>, usize>,
     /// Model or alias → every provider declaring it (index, upstream model), in
     /// registration order.
-    by_model: HashMap<Box<str>, Vec<(usize, Arc<str>)>>,
+    by_model: FastMap<Box<str>, Vec<(usize, Arc<str>)>>,
     /// Each provider's default model (its first), by index.
     default_model: Vec<Arc<str>>,
 }
 
 impl Snapshot {
     fn build(entries: Vec<Entry>) -> Snapshot {
-        let mut by_name = HashMap::with_capacity(entries.len());
-        let mut by_model = HashMap::new();
+        let mut by_name = FastMap::with_capacity_and_hasher(entries.len(), Default::default());
+        let mut by_model = FastMap::default();
         let mut default_model = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             by_name.insert(e.name.clone(), i);
