@@ -297,16 +297,19 @@ pub fn head(
     let mut req = http::Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
-    req.headers_mut().extend(headers);
+    // Room for the key, `traceparent` and `Content-Type` from the start.
+    let mut map = http::HeaderMap::with_capacity(4);
+    map.extend(headers);
+    *req.headers_mut() = map;
     req
 }
 
 /// Adds the call's `traceparent` (the upstream's work joins the caller's
 /// trace).
 pub fn with_traceparent(mut req: http::Request<()>, ctx: &CallContext<'_>) -> http::Request<()> {
-    if let Ok(v) = http::HeaderValue::try_from(ctx.traceparent()) {
-        req.headers_mut()
-            .insert(http::HeaderName::from_static("traceparent"), v);
+    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    if let Ok(v) = http::HeaderValue::from_bytes(&ctx.trace.traceparent_bytes(ctx.span_id)) {
+        req.headers_mut().insert(TRACEPARENT, v);
     }
     req
 }
