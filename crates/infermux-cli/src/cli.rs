@@ -114,7 +114,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
-    /// Serving threads, each with its own runtime and listener (0 = one per core).
+    /// Serving threads, each with its own runtime and listener (0 = two per core).
     #[arg(long, default_value_t = 0, env = "INFERMUX_THREADS")]
     pub threads: usize,
 

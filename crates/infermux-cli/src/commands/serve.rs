@@ -1,4 +1,4 @@
-//! `infermux serve`: the HTTP server, one single-threaded runtime per core.
+//! `infermux serve`: the HTTP server, single-threaded runtimes, two per core.
 
 use std::net::ToSocketAddrs;
 use std::process::ExitCode;
@@ -14,8 +14,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("--addr \"{}\": {e}", prepared.addr))?
         .next()
         .ok_or_else(|| format!("--addr \"{}\": no address", prepared.addr))?;
+    // Two per core by default: a serving thread that the kernel preempts
+    // (for the application next to infermux, or anything else on the box)
+    // stalls every connection it holds until it runs again; with two per
+    // core the other keeps serving. Measured in docs/PERFORMANCE.md
+    // ("Serving threads").
     let threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        0 => 2 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
     };
     // This thread's runtime serves one listener and hosts the background work
