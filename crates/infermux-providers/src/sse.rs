@@ -14,6 +14,11 @@ pub struct Event {
 #[derive(Debug, Default)]
 pub struct Decoder {
     buf: BytesMut,
+    /// How far `buf` has been searched for a blank line without finding one:
+    /// the next search resumes there (less the two bytes a separator that
+    /// was cut off may have begun with), so an event that arrives in many
+    /// pieces is scanned once, not once per piece.
+    searched: usize,
 }
 
 /// The largest event accepted; a stream that sends more without a blank line
@@ -32,12 +37,15 @@ impl Decoder {
     /// The next complete event, `Ok(None)` when more bytes are needed.
     pub fn next_event(&mut self) -> Result<Option<Event>, String> {
         loop {
-            let Some((end, sep)) = find_blank_line(&self.buf) else {
+            let from = self.searched.saturating_sub(2);
+            let Some((end, sep)) = find_blank_line(&self.buf, from) else {
                 if self.buf.len() > MAX_EVENT {
                     return Err(format!("an SSE event exceeds {MAX_EVENT} bytes"));
                 }
+                self.searched = self.buf.len();
                 return Ok(None);
             };
+            self.searched = 0;
             let raw = self.buf.split_to(end);
             self.buf.advance(sep);
             let text =
@@ -78,20 +86,22 @@ impl Decoder {
     }
 }
 
-/// Finds the first blank line: returns where the event ends and how long the
-/// separator is (`\n\n`, `\r\n\r\n`, or `\r\r`).
-fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
+/// Finds the first blank line at or after `from`: returns where the event
+/// ends and how long the separator is (`\n\n`, `\r\n\r\n`, or `\r\r`).
+/// Line ends are found with `memchr` (a word or vector at a time).
+fn find_blank_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while let Some(at) = memchr::memchr2(b'\n', b'\r', buf.get(i..)?) {
+        i += at;
+        let next = buf.get(i + 1).copied();
         if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
+            if next == Some(b'\n') {
                 return Some((i, 2));
             }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+            if next == Some(b'\r') && buf.get(i + 2) == Some(&b'\n') {
                 return Some((i, 3));
             }
-        }
-        if buf[i] == b'\r' && buf.get(i + 1) == Some(&b'\r') {
+        } else if next == Some(b'\r') {
             return Some((i, 2));
         }
         i += 1;
@@ -129,6 +139,30 @@ mod tests {
         );
         d.push(b"\n");
         assert_eq!(all(&mut d)[0].data, "[DONE]");
+        assert_eq!(d.remainder(), 0);
+    }
+
+    #[test]
+    fn an_event_in_single_bytes_and_separators_cut_anywhere() {
+        let stream = b"data: one\r\n\r\nevent: two\ndata: 2\n\ndata: three\r\rdata: [DONE]\n\n";
+        for cut in 0..stream.len() {
+            let mut d = Decoder::new();
+            let mut got = Vec::new();
+            for piece in [&stream[..cut], &stream[cut..]] {
+                d.push(piece);
+                got.extend(all(&mut d));
+            }
+            let data: Vec<_> = got.iter().map(|e| e.data.as_str()).collect();
+            assert_eq!(data, ["one", "2", "three", "[DONE]"], "cut at {cut}");
+            assert_eq!(got[1].event.as_deref(), Some("two"));
+        }
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for b in stream {
+            d.push(&[*b]);
+            got.extend(all(&mut d));
+        }
+        assert_eq!(got.len(), 4);
         assert_eq!(d.remainder(), 0);
     }
 
