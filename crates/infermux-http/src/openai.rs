@@ -336,37 +336,57 @@ impl ChatCompletionRequest {
     }
 }
 
-/// A `chat.completion` object, written field by field (the one answer every
-/// unary call writes; serde's general path cost several times as much).
+/// A `chat.completion` object, or a `chat.completion.chunk`, written field by
+/// field: every unary answer and every streamed event is one, and serde's
+/// general path cost several times as much for these fixed shapes.
 /// `choices` is JSON: ours, or an OpenAI-compatible provider's as it sent
 /// them.
-fn chat_completion(id: &str, created: u64, model: &str, choices: &[u8], usage: Usage) -> Vec<u8> {
-    let mut out = Vec::with_capacity(192 + model.len() + choices.len());
+fn write_completion(
+    out: &mut Vec<u8>,
+    object: &str,
+    id: &str,
+    created: u64,
+    model: &str,
+    choices: &[u8],
+    usage: Option<Usage>,
+) {
     let mut digits = [0u8; 20];
+    out.reserve(192 + model.len() + choices.len());
     out.extend_from_slice(br#"{"id":""#);
     out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(br#"","object":"chat.completion","created":"#);
+    out.extend_from_slice(br#"","object":""#);
+    out.extend_from_slice(object.as_bytes());
+    out.extend_from_slice(br#"","created":"#);
     out.extend_from_slice(decimal(created, &mut digits));
     out.extend_from_slice(br#","model":"#);
-    json::write_str(&mut out, model);
+    json::write_str(out, model);
     out.extend_from_slice(br#","choices":"#);
     out.extend_from_slice(choices);
-    out.extend_from_slice(br#","usage":{"prompt_tokens":"#);
-    out.extend_from_slice(decimal(usage.prompt_tokens, &mut digits));
-    out.extend_from_slice(br#","completion_tokens":"#);
-    out.extend_from_slice(decimal(usage.completion_tokens, &mut digits));
-    out.extend_from_slice(br#","total_tokens":"#);
-    out.extend_from_slice(decimal(usage.total_tokens, &mut digits));
-    out.extend_from_slice(b"}}");
-    out
+    if let Some(usage) = usage {
+        out.extend_from_slice(br#","usage":{"prompt_tokens":"#);
+        out.extend_from_slice(decimal(usage.prompt_tokens, &mut digits));
+        out.extend_from_slice(br#","completion_tokens":"#);
+        out.extend_from_slice(decimal(usage.completion_tokens, &mut digits));
+        out.extend_from_slice(br#","total_tokens":"#);
+        out.extend_from_slice(decimal(usage.total_tokens, &mut digits));
+        out.push(b'}');
+    }
+    out.push(b'}');
 }
 
-/// Choices we build, or a provider's verbatim.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Either<'a, T> {
-    Ours(T),
-    Raw(&'a infermux::RawJson),
+/// The unary answer's body.
+fn chat_completion(id: &str, created: u64, model: &str, choices: &[u8], usage: Usage) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_completion(
+        &mut out,
+        "chat.completion",
+        id,
+        created,
+        model,
+        choices,
+        Some(usage),
+    );
+    out
 }
 
 #[derive(Serialize)]
@@ -401,17 +421,6 @@ impl Usage {
             total_tokens: prompt + completion,
         }
     }
-}
-
-#[derive(Serialize)]
-struct ChunkBody<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: Either<'a, Vec<ChunkChoice<'a>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Usage>,
 }
 
 #[derive(Serialize)]
@@ -550,31 +559,38 @@ struct StreamState {
 
 impl StreamState {
     fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&str>) -> Bytes {
-        sse_event(&ChunkBody {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: Either::Ours(vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-                logprobs: None,
-            }]),
-            usage: None,
-        })
+        let choices = [ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason,
+            logprobs: None,
+        }];
+        // Serializing our own types cannot fail; no choices keep the event valid.
+        let choices = json::to_vec(&choices).unwrap_or_else(|_| b"[]".to_vec());
+        self.event(&choices, None)
     }
 
     /// A provider's chunk choices, verbatim.
     fn raw_chunk(&self, choices: &infermux::RawJson) -> Bytes {
-        sse_event(&ChunkBody {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: Either::Raw(choices),
-            usage: None,
-        })
+        self.event(choices.get().as_bytes(), None)
+    }
+
+    /// `data: ` and a `chat.completion.chunk` of this stream.
+    fn event(&self, choices: &[u8], usage: Option<Usage>) -> Bytes {
+        let mut out = Vec::with_capacity(256 + choices.len());
+        out.extend_from_slice(b"data: ");
+        let object = "chat.completion.chunk";
+        write_completion(
+            &mut out,
+            object,
+            &self.id,
+            self.created,
+            &self.model,
+            choices,
+            usage,
+        );
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
     }
 
     /// The next SSE event, or `None` at the end. Each provider chunk is
@@ -646,14 +662,8 @@ impl StreamState {
                 },
                 Phase::Usage => {
                     self.phase = Phase::Done;
-                    return Some(sse_event(&ChunkBody {
-                        id: &self.id,
-                        object: "chat.completion.chunk",
-                        created: self.created,
-                        model: &self.model,
-                        choices: Either::Ours(Vec::new()),
-                        usage: Some(Usage::new(self.usage.0, self.usage.1)),
-                    }));
+                    let usage = Usage::new(self.usage.0, self.usage.1);
+                    return Some(self.event(b"[]", Some(usage)));
                 }
                 Phase::Done => {
                     self.phase = Phase::End;
@@ -934,6 +944,36 @@ mod tests {
             body.starts_with(br#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-\"4o\"\n"#),
             "{}",
             String::from_utf8_lossy(&body)
+        );
+    }
+
+    #[test]
+    fn chunks_are_written_as_openai_shapes_them() {
+        let mut out = Vec::new();
+        let choices = br#"[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]"#;
+        let object = "chat.completion.chunk";
+        write_completion(&mut out, object, "chatcmpl-2", 7, "m", choices, None);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 7,
+                "model": "m", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]})
+        );
+        out.clear();
+        write_completion(
+            &mut out,
+            object,
+            "chatcmpl-2",
+            7,
+            "m",
+            b"[]",
+            Some(Usage::new(3, 4)),
+        );
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["choices"], serde_json::json!([]));
+        assert_eq!(
+            v["usage"],
+            serde_json::json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
         );
     }
 
