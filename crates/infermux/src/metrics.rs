@@ -4,7 +4,10 @@
 //!
 //! Labels come from bounded sets: provider names from the config, model names
 //! the providers received, and the error table's codes; a request for an
-//! unknown model is labelled `model="unknown"`.
+//! unknown model is labelled `model="unknown"`. A caller who names a provider
+//! explicitly may send any model name to it, so each provider gets at most
+//! [`MAX_MODELS`] model labels; calls for models beyond them are counted under
+//! `model="other"`.
 
 use std::sync::Arc;
 
@@ -42,6 +45,9 @@ pub struct Metrics {
     spans_dropped_seen: AtomicU64,
     /// Tells this instance's entries in the per-thread handle caches apart.
     id: u64,
+    /// The model labels each provider has, up to [`MAX_MODELS`].
+    models:
+        std::sync::Mutex<std::collections::HashMap<Arc<str>, std::collections::HashSet<Arc<str>>>>,
 }
 
 /// One provider and model's series for successful calls, looked up once and
@@ -50,7 +56,10 @@ pub struct Metrics {
 struct Handles {
     metrics: u64,
     provider: Arc<str>,
+    /// The span's model (what the cache is looked up by).
     model: Arc<str>,
+    /// Its label: the model, or `other` past a provider's [`MAX_MODELS`].
+    label: Arc<str>,
     requests: Counter,
     duration: Histogram,
     /// Made when first needed (a series appears with its first count).
@@ -61,6 +70,9 @@ struct Handles {
 
 /// Handles kept per thread, at most this many (then the cache starts over).
 const MAX_HANDLES: usize = 64;
+
+/// Model labels per provider, at most this many; later models are `other`.
+pub const MAX_MODELS: usize = 256;
 
 thread_local! {
     static HANDLES: std::cell::RefCell<Vec<Handles>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -142,6 +154,7 @@ impl Metrics {
             circuit,
             spans_dropped,
             spans_dropped_seen: AtomicU64::new(0),
+            models: Default::default(),
             id: {
                 static NEXT: AtomicU64 = AtomicU64::new(0);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -176,6 +189,7 @@ impl Metrics {
             }
             SpanStatus::Error => a.error_code.unwrap_or("error"),
         };
+        let model = self.model_label(&provider, model);
         let pm: CallLabels = [("provider", provider), ("model", model)];
         self.requests
             .get_or_create(&(pm.clone(), [("status", status)]))
@@ -213,11 +227,13 @@ impl Metrics {
                 if cache.len() >= MAX_HANDLES {
                     cache.clear();
                 }
-                let pm: CallLabels = [("provider", provider.clone()), ("model", model.clone())];
+                let label = self.model_label(provider, model.clone());
+                let pm: CallLabels = [("provider", provider.clone()), ("model", label.clone())];
                 cache.push(Handles {
                     metrics: self.id,
                     provider: provider.clone(),
                     model: model.clone(),
+                    label,
                     requests: self
                         .requests
                         .get_or_create(&(pm.clone(), [("status", "ok")]))
@@ -233,12 +249,32 @@ impl Metrics {
         &mut cache[i]
     }
 
+    /// `model` as `provider`'s model label: itself while the provider has
+    /// fewer than [`MAX_MODELS`] labels (or already has it), else `other`.
+    fn model_label(&self, provider: &Arc<str>, model: Arc<str>) -> Arc<str> {
+        static OTHER: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from("other"));
+        let mut models = self
+            .models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = models.entry(provider.clone()).or_default();
+        if seen.contains(&model) {
+            return model;
+        }
+        if seen.len() < MAX_MODELS {
+            seen.insert(model.clone());
+            return model;
+        }
+        OTHER.clone()
+    }
+
     /// Counts a successful call on its cached handles.
     fn count_ok(&self, h: &mut Handles, seconds: f64, tokens_in: u64, tokens_out: u64, cost: f64) {
         h.requests.inc();
         h.duration.observe(seconds);
         let pm =
-            || -> CallLabels { [("provider", h.provider.clone()), ("model", h.model.clone())] };
+            || -> CallLabels { [("provider", h.provider.clone()), ("model", h.label.clone())] };
         if tokens_in > 0 {
             h.tokens_in
                 .get_or_insert_with(|| {
@@ -380,6 +416,43 @@ mod tests {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
         assert!(!text.contains("whatever-the-caller-typed"));
+    }
+
+    #[test]
+    fn model_labels_per_provider_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_MODELS + 40 {
+            let model = format!("m{i}");
+            m.observe(&span("pinned", &model, SpanStatus::Ok, None, 1));
+            m.observe(&span(
+                "pinned",
+                &model,
+                SpanStatus::Error,
+                Some("upstream_error"),
+                1,
+            ));
+        }
+        // A model admitted before the cap keeps its label.
+        m.observe(&span("pinned", "m0", SpanStatus::Ok, None, 1));
+        // Another provider has labels of its own.
+        m.observe(&span("other-provider", "x", SpanStatus::Ok, None, 1));
+        let text = m.render(&Registry::new(), 0);
+        let ok_series = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("infermux_requests_total{provider=\"pinned\"")
+                    && l.contains("status=\"ok\"")
+            })
+            .count();
+        assert_eq!(ok_series, MAX_MODELS + 1, "{MAX_MODELS} models and other");
+        for want in [
+            r#"infermux_requests_total{provider="pinned",model="other",status="ok"} 40"#,
+            r#"infermux_requests_total{provider="pinned",model="other",status="upstream_error"} 40"#,
+            r#"infermux_requests_total{provider="pinned",model="m0",status="ok"} 2"#,
+            r#"infermux_requests_total{provider="other-provider",model="x",status="ok"} 1"#,
+        ] {
+            assert!(text.contains(want), "missing {want}");
+        }
     }
 
     #[test]
