@@ -18,12 +18,7 @@ rounds=${1:-6}
 . bench/lib.sh
 need_configs nginx-mock.conf nginx-hop.conf infermux.yml
 infermux_bin
-taskset -c 0 nginx -p "$PWD/$out" -c "$PWD/$out/nginx-mock.conf" 2>/dev/null & pids+=($!)
-taskset -c 0 nginx -p "$PWD/$out" -c "$PWD/$out/nginx-hop.conf" 2>/dev/null & pids+=($!)
-taskset -c 0 "$imx_bin" serve --addr 127.0.0.1:18803 --config "$out/infermux.yml" --log-level warn 2>"$out/infermux.log" & pids+=($!)
-for port in 18801 18802 18803; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
-done
+start_pinned
 run() { # p50 and p99 in µs of one 4 s run against port $1
   local res
   res=$(taskset -c 1 wrk -t1 -c1 -d4s --latency -s bench/chat.lua "http://127.0.0.1:$1/v1/chat/completions")

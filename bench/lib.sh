@@ -27,3 +27,15 @@ infermux_bin() {
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+
+# Starts the mock, the nginx hop and infermux, all on CPU 0 (the latency
+# scripts' clients run on CPU 1), and waits until each listens.
+start_pinned() {
+  taskset -c 0 nginx -p "$PWD/$out" -c "$PWD/$out/nginx-mock.conf" 2>/dev/null & pids+=($!)
+  taskset -c 0 nginx -p "$PWD/$out" -c "$PWD/$out/nginx-hop.conf" 2>/dev/null & pids+=($!)
+  taskset -c 0 "$imx_bin" serve --addr 127.0.0.1:18803 --config "$out/infermux.yml" --log-level warn 2>"$out/infermux.log" & pids+=($!)
+  local port
+  for port in 18801 18802 18803; do
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+  done
+}

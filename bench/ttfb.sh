@@ -19,12 +19,7 @@ need_configs nginx-mock.conf nginx-hop.conf infermux.yml
 infermux_bin
 cargo build --release --locked -q -p infermux-bench
 client=$PWD/target/release/infermux-bench
-taskset -c 0 nginx -p "$PWD/$out" -c "$PWD/$out/nginx-mock.conf" 2>/dev/null & pids+=($!)
-taskset -c 0 nginx -p "$PWD/$out" -c "$PWD/$out/nginx-hop.conf" 2>/dev/null & pids+=($!)
-taskset -c 0 "$imx_bin" serve --addr 127.0.0.1:18803 --config "$out/infermux.yml" --log-level warn 2>"$out/infermux.log" & pids+=($!)
-for port in 18801 18802 18803; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
-done
+start_pinned
 run() { # p50 and p99 in µs of 1,000 first bytes from $1
   taskset -c 1 "$client" ttfb "$1" --model bench-sse --requests 1000 |
     sed -n 's/.*p50_us=\([0-9]*\) p99_us=\([0-9]*\).*/\1 \2/p'
