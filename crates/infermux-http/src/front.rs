@@ -44,9 +44,10 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// What a client may send ahead (pipelined requests) while its call runs.
 const MAX_AHEAD: usize = 64 * 1024;
-/// How long a started request may take to arrive whole, head and body (hyper's
-/// header read timeout, on the connections it serves, is the same). An idle
-/// connection between requests has no limit, as with hyper.
+/// How long a started request may take to arrive whole, head and body, and
+/// how long a connection may wait idle for its next request before it is
+/// closed (hyper's header read timeout, on the connections it serves, covers
+/// both the same way).
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The routes answered here.
@@ -87,6 +88,13 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
         buf: BytesMut::with_capacity(4096),
         out: Vec::with_capacity(1024),
     };
+    // Closes the connection once it has waited READ_TIMEOUT for a request.
+    // One timer for the connection's life, not one per request: when it
+    // fires on a connection that was busy meanwhile, it is set again for
+    // READ_TIMEOUT after the connection last went idle.
+    let mut idle_since = tokio::time::Instant::now();
+    let idle = tokio::time::sleep_until(idle_since + READ_TIMEOUT);
+    tokio::pin!(idle);
     loop {
         // Set when a started request first has to wait for more bytes.
         let mut deadline = None;
@@ -104,6 +112,19 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
                     },
                     // Idle when the server drains: close.
                     _ = draining.changed() => return,
+                    () = &mut idle => {
+                        let due = idle_since + READ_TIMEOUT;
+                        if tokio::time::Instant::now() < due {
+                            idle.as_mut().reset(due);
+                            continue;
+                        }
+                        tracing::debug!(
+                            peer = ?conn.tcp.peer_addr().ok(),
+                            timeout_s = READ_TIMEOUT.as_secs(),
+                            "closing a connection idle since its last answer"
+                        );
+                        return;
+                    }
                 }
                 continue;
             }
@@ -143,6 +164,7 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
             let _ = conn.tcp.shutdown().await;
             return;
         }
+        idle_since = tokio::time::Instant::now();
     }
 }
 

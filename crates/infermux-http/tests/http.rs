@@ -1064,3 +1064,48 @@ async fn route_group_and_strategy_headers() {
     providers.sort();
     assert_eq!(providers, ["echo", "echo2"]);
 }
+
+// Paused time, as above. hyper closes a keep-alive connection that waits 30 s
+// for its next request (its header read timeout); the front does the same.
+#[tokio::test(start_paused = true)]
+async fn idle_connections_close_after_30_seconds_on_both_paths() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::echo().await;
+    let infer = raw_post("/infer", "", &hello("echo-v1").to_string());
+    for first in ["GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n", infer.as_str()] {
+        let started = tokio::time::Instant::now();
+        let out = trickle(s.addr, &[first], Duration::ZERO).await;
+        assert_eq!(statuses(&out), ["200"], "{out}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+            "{first:?}: closed after {waited:?}"
+        );
+    }
+    // A connection used every 20 s stays open; it closes 30 s after its
+    // last answer.
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut answered = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..3 {
+        sock.write_all(infer.as_bytes()).await.unwrap();
+        let n = sock.read(&mut buf).await.unwrap();
+        answered += statuses(&String::from_utf8_lossy(&buf[..n])).len();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    }
+    assert_eq!(
+        answered, 3,
+        "every request on the busy connection was answered"
+    );
+    let last = tokio::time::Instant::now() - Duration::from_secs(20);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), sock.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the idle connection")
+        .unwrap();
+    let idle = last.elapsed();
+    assert!(
+        rest.is_empty() && idle >= Duration::from_secs(30) && idle < Duration::from_secs(31),
+        "closed {idle:?} after the last answer"
+    );
+}
