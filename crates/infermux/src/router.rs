@@ -248,7 +248,7 @@ impl Router {
         );
         response.model = caller_model(req, &route);
         response.provider = route.provider_name.to_string();
-        response.latency_ms = elapsed_ms(span.started);
+        response.latency_ms = elapsed_ms(span);
         Ok(Routed {
             response,
             upstream_model: route.upstream_model,
@@ -292,15 +292,25 @@ impl Router {
             span.note_attempt(&route, attempts);
             let cctx = span.call_context_detached(ctx);
             let fut = AssertUnwindSafe(call(route.clone(), cctx)).catch_unwind();
-            let started = Instant::now();
+            // The first attempt starts with the span (planning took well
+            // under a millisecond): one clock read fewer per call.
+            let started = if attempts == 1 {
+                span.started
+            } else {
+                Instant::now()
+            };
             let outcome = match with_deadline(span.remaining(ctx), &route, fut).await {
                 Err(e) => Err(permit.caller_gave_up(e)),
-                Ok(done) => permit.record(
-                    done.map_err(|_| panicked(&route))
-                        .and_then(|r| r.map_err(Error::from)),
-                    started,
-                    self.ewma_decay,
-                ),
+                Ok(done) => {
+                    let answered = Instant::now();
+                    span.answered = Some(answered);
+                    permit.record(
+                        done.map_err(|_| panicked(&route))
+                            .and_then(|r| r.map_err(Error::from)),
+                        answered.saturating_duration_since(started),
+                        self.ewma_decay,
+                    )
+                }
             };
             match outcome {
                 Ok(value) => return Ok((route, value, strategy, group)),
@@ -340,7 +350,7 @@ impl Router {
                 req.model.clone()
             };
             resp.provider = route.provider_name.to_string();
-            resp.latency_ms = elapsed_ms(span.started);
+            resp.latency_ms = elapsed_ms(&span);
             Ok((resp, route.upstream_model))
         }
         .await;
@@ -608,10 +618,9 @@ impl<'a> Permit<'a> {
     fn record<T>(
         mut self,
         result: Result<T, Error>,
-        started: Instant,
+        latency: Duration,
         ewma_decay: f64,
     ) -> Result<T, Error> {
-        let latency = started.elapsed();
         let outcome = match &result {
             Ok(_) => Outcome::Success,
             Err(e) if e.kind() == ErrorKind::RateLimited => Outcome::RateLimited,
@@ -672,8 +681,14 @@ fn caller_model(req: &InferRequest, route: &Route) -> String {
     }
 }
 
-fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+/// Milliseconds from the span's start to when the answering provider's call
+/// returned (the clock read that ended the attempt, not another).
+fn elapsed_ms(span: &PendingSpan<'_>) -> u64 {
+    let took = match span.answered {
+        Some(at) => at.saturating_duration_since(span.started),
+        None => span.started.elapsed(),
+    };
+    u64::try_from(took.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// How early before its deadline a caller that hangs up counts as timed out.
@@ -687,6 +702,8 @@ struct PendingSpan<'a> {
     span_id: Id128,
     start_ns: u64,
     started: Instant,
+    /// When the last attempt's call returned.
+    answered: Option<Instant>,
     reported: bool,
     /// When the caller said it stops waiting.
     deadline: Option<Instant>,
@@ -722,6 +739,7 @@ impl<'a> PendingSpan<'a> {
     }
 
     fn start(sink: Sink<'a>, ctx: &RequestContext, model: &str) -> Self {
+        let started = Instant::now();
         PendingSpan {
             sink,
             attrs: SpanAttrs {
@@ -731,9 +749,10 @@ impl<'a> PendingSpan<'a> {
             trace: ctx.trace.unwrap_or_else(TraceContext::new_root),
             span_id: Id128::random(),
             start_ns: now_ns(),
-            started: Instant::now(),
+            started,
+            answered: None,
             reported: false,
-            deadline: ctx.timeout.map(|t| Instant::now() + t),
+            deadline: ctx.timeout.map(|t| started + t),
         }
     }
 
@@ -1021,6 +1040,29 @@ mod tests {
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].0, routed.trace.traceparent_for(routed.span_id));
         assert_eq!(seen[0].1, "f");
+    }
+
+    #[tokio::test]
+    async fn latency_covers_the_provider_call_for_the_answer_and_the_breaker() {
+        let fake = FakeProvider::new("slow", &["s"]).then(Step::Sleep(
+            Duration::from_millis(40),
+            Box::new(Step::Reply("late".into())),
+        ));
+        let (router, sink) = router_with(Arc::new(fake));
+        let routed = router
+            .call(&InferRequest::prompt("s", "x"), &RequestContext::default())
+            .await
+            .unwrap();
+        let ms = routed.response.latency_ms;
+        assert!((40..10_000).contains(&ms), "latency_ms {ms}");
+        let p95 = router.registry().entries()[1]
+            .breaker
+            .status()
+            .p95_latency_ms;
+        assert!(p95.is_some_and(|p| (40..10_000).contains(&p)), "{p95:?}");
+        let span = &sink.spans()[0];
+        let span_ms = (span.end_ns - span.start_ns) / 1_000_000;
+        assert!(span_ms >= 40 && span.attrs.latency_ms >= 40, "{span_ms}");
     }
 
     #[tokio::test(start_paused = true)]
