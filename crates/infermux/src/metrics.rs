@@ -47,7 +47,7 @@ pub struct Metrics {
     id: u64,
     /// The model labels each provider has, up to [`MAX_MODELS`].
     models:
-        std::sync::Mutex<std::collections::HashMap<Arc<str>, std::collections::HashSet<Arc<str>>>>,
+        std::sync::RwLock<std::collections::HashMap<Arc<str>, std::collections::HashSet<Arc<str>>>>,
 }
 
 /// One provider and model's series for successful calls, looked up once and
@@ -254,9 +254,22 @@ impl Metrics {
     fn model_label(&self, provider: &Arc<str>, model: Arc<str>) -> Arc<str> {
         static OTHER: std::sync::LazyLock<Arc<str>> =
             std::sync::LazyLock::new(|| Arc::from("other"));
+        // Known models (and a provider at its cap) need only the read lock,
+        // which calls on several threads share; admitting a model writes.
+        {
+            let models = self
+                .models
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match models.get(provider) {
+                Some(seen) if seen.contains(&model) => return model,
+                Some(seen) if seen.len() >= MAX_MODELS => return OTHER.clone(),
+                _ => {}
+            }
+        }
         let mut models = self
             .models
-            .lock()
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let seen = models.entry(provider.clone()).or_default();
         if seen.contains(&model) {
