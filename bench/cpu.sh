@@ -12,7 +12,8 @@
 # Usage: bench/cpu.sh [concurrency, default 64] [seconds, default 5]
 # INFERMUX_FEATURES=system-allocator builds infermux with the system allocator;
 # INFERMUX_BIN=/path/to/infermux measures that binary instead of building one;
-# INFERMUX_ARGS="--threads 1" adds arguments to both `infermux serve`s.
+# INFERMUX_ARGS="--threads 1" adds arguments to both `infermux serve`s;
+# HOP_WORKERS=4 runs the nginx hop with that many workers instead of `auto`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-64}
@@ -25,7 +26,12 @@ if [ "$conns" = 1 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); 
 empty=$(mktemp -d)
 trap 'cleanup; rm -rf "$empty"' EXIT
 "${server_cpu[@]}" nginx -p "$PWD/$out" -c "$PWD/$out/nginx-mock.conf" 2>/dev/null & pids+=($!)
-"${server_cpu[@]}" nginx -p "$PWD/$out" -c "$PWD/$out/nginx-hop.conf" 2>/dev/null & pids+=($!)
+hop=hop
+if [ -n "${HOP_WORKERS:-}" ]; then
+  hop=hop-$HOP_WORKERS
+  sed "s/worker_processes auto;/worker_processes $HOP_WORKERS;/; s/nginx-hop.pid/nginx-$hop.pid/" "$out/nginx-hop.conf" >"$out/nginx-$hop.conf"
+fi
+"${server_cpu[@]}" nginx -p "$PWD/$out" -c "$PWD/$out/nginx-$hop.conf" 2>/dev/null & pids+=($!)
 # shellcheck disable=SC2086
 "${server_cpu[@]}" "$imx_bin" serve --addr 127.0.0.1:18803 --config "$out/infermux.yml" --log-level warn ${INFERMUX_ARGS:-} 2>"$out/infermux.log" & imx=$!; pids+=($imx)
 # The echo registry: no --config, run in an empty directory (no infermux.yml).
@@ -61,7 +67,7 @@ echo "|---|---|---|---|---|---|---|"
 for path in nginx infermux "infermux, echo (no upstream)"; do
   script=bench/chat.lua
   case $path in
-    nginx) proxy=$(workers hop); port=18802 ;;
+    nginx) proxy=$(workers "$hop"); port=18802 ;;
     infermux) proxy=$imx; port=18803 ;;
     *) proxy=$echo_imx; port=18805; script=bench/echo-chat.lua ;;
   esac
