@@ -14,74 +14,7 @@ use infermux::config::Config;
 use infermux::testing::RecordingSink;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use upstream::{Reply, Upstream, data, event};
-
-struct Gateway {
-    base: String,
-    client: reqwest::Client,
-    spans: Arc<RecordingSink>,
-}
-
-impl Gateway {
-    async fn start(yaml: &str) -> Gateway {
-        let config = Config::parse(yaml, &HashMap::<String, String>::new(), true).unwrap();
-        let registry = infermux_providers::registry_from_config(&config).unwrap();
-        let spans = Arc::new(RecordingSink::default());
-        let router = Router::new(Arc::new(registry), spans.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(infermux_http::serve(
-            listener,
-            infermux_http::app(router),
-            std::future::pending(),
-            Duration::from_secs(1),
-        ));
-        Gateway {
-            base,
-            client: reqwest::Client::new(),
-            spans,
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn chat(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
-        let resp = self.post("/v1/chat/completions", body).await;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        (status, headers, resp.json().await.unwrap())
-    }
-
-    /// A streamed chat completion: the `data:` payloads, `[DONE]` included.
-    async fn chat_stream(&self, body: Value) -> Vec<String> {
-        let resp = self.post("/v1/chat/completions", body).await;
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["content-type"], "text/event-stream");
-        let text = resp.text().await.unwrap();
-        text.split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                e.strip_prefix("data: ")
-                    .unwrap_or_else(|| panic!("not a data event: {e:?}"))
-                    .to_owned()
-            })
-            .collect()
-    }
-}
-
-/// The contract's error message in an error body.
-fn error_message(body: &Value) -> &str {
-    body["error"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error message in {body}"))
-}
+use upstream::{Gateway, Reply, Upstream, data, error_message, event};
 
 fn openai_config(u: &Upstream) -> String {
     format!(

@@ -54,6 +54,8 @@ impl AnthropicProvider {
             .unwrap_or_else(|| "https://api.anthropic.com".to_owned());
         let upstream = http::Upstream::new(&c.name, &base, c.timeout)?;
         let key = c.api_key.as_ref().map(|k| k.expose()).unwrap_or_default();
+        // Upstream error text that quotes it is redacted.
+        infermux::redact::register(key);
         let mut api_key = ::http::HeaderValue::from_str(key).map_err(|_| {
             ProviderError::InvalidRequest(format!(
                 "provider \"{}\": the API key is not a valid header value",

@@ -19,6 +19,12 @@ use infermux::{CallContext, ProviderError};
 
 use crate::{plain, sse};
 
+/// The largest unary answer read from an upstream (a chat completion or a
+/// batch of embeddings); a longer one is a 502, not unbounded memory.
+pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
+/// How much of an error answer is read: enough for any error message.
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// A response body as it arrives; a transport failure or a read timeout is its
 /// last item.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, ProviderError>> + Send>>;
@@ -136,15 +142,12 @@ impl Upstream {
             Transport::Plain(plain) => {
                 let exchange = async {
                     let resp = plain.send(req, &self.provider).await?;
-                    let body = resp
+                    let collected = resp
                         .body
-                        .collect()
+                        .collect(body_limit(resp.status))
                         .await
                         .map_err(|e| plain::transport_error(&e, &self.provider))?;
-                    Ok(Answer {
-                        status: resp.status,
-                        body,
-                    })
+                    self.answer(resp.status, collected)
                 };
                 tokio::time::timeout(self.timeout, exchange)
                     .await
@@ -157,13 +160,41 @@ impl Upstream {
     }
 
     async fn call_pooled(&self, clients: &Clients, req: Request) -> Result<Answer, ProviderError> {
-        let resp = self.execute(clients, req, Some(self.timeout)).await?;
+        let mut resp = self.execute(clients, req, Some(self.timeout)).await?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&e, &self.provider))?;
-        Ok(Answer { status, body })
+        let mut gather = plain::Gather::new(body_limit(status));
+        let collected = loop {
+            match resp.chunk().await {
+                Ok(Some(piece)) => {
+                    if !gather.push(piece) {
+                        break plain::Collected::Cut(gather.finish());
+                    }
+                }
+                Ok(None) => break plain::Collected::Whole(gather.finish()),
+                Err(e) => return Err(transport_error(&e, &self.provider)),
+            }
+        };
+        self.answer(status, collected)
+    }
+
+    /// An answer read within its limit: a 2xx cut short is a failure (502);
+    /// an error answer's first [`MAX_ERROR_BODY`] bytes are enough.
+    fn answer(
+        &self,
+        status: http::StatusCode,
+        collected: plain::Collected,
+    ) -> Result<Answer, ProviderError> {
+        match collected {
+            plain::Collected::Whole(body) => Ok(Answer { status, body }),
+            plain::Collected::Cut(_) if status.is_success() => {
+                Err(ProviderError::Unavailable(format!(
+                    "provider \"{}\" sent an answer larger than {} MiB",
+                    self.provider,
+                    MAX_ANSWER >> 20
+                )))
+            }
+            plain::Collected::Cut(body) => Ok(Answer { status, body }),
+        }
     }
 
     /// Sends `req` and waits for the answer's head (within the provider's
@@ -282,6 +313,15 @@ impl Upstream {
     }
 }
 
+/// How much of an answer with `status` is read.
+fn body_limit(status: http::StatusCode) -> usize {
+    if status.is_success() {
+        MAX_ANSWER
+    } else {
+        MAX_ERROR_BODY
+    }
+}
+
 /// Whether a `Content-Type` value is an event stream's.
 pub fn is_event_stream(content_type: Option<&[u8]>) -> bool {
     content_type.is_some_and(|v| v.starts_with(b"text/event-stream"))
@@ -364,16 +404,16 @@ fn humantime(d: Duration) -> String {
     }
 }
 
-/// What is left of a body, for an error message (at most 64 KiB of it).
+/// What is left of a body, for an error message (at most
+/// [`MAX_ERROR_BODY`] of it).
 async fn collect(mut body: BodyStream) -> Bytes {
-    let mut all = Vec::new();
+    let mut gather = plain::Gather::new(MAX_ERROR_BODY);
     while let Some(Ok(bytes)) = body.next().await {
-        all.extend_from_slice(&bytes);
-        if all.len() > 64 * 1024 {
+        if !gather.push(bytes) {
             break;
         }
     }
-    Bytes::from(all)
+    gather.finish()
 }
 
 /// One provider's reqwest clients: one pooled client (rustls) per thread, made

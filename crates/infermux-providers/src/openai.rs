@@ -103,6 +103,8 @@ impl OpenAiProvider {
         let auth = match &c.api_key {
             None => None,
             Some(key) => {
+                // Upstream error text that quotes it is redacted.
+                infermux::redact::register(key.expose());
                 let (name, value) = match dialect {
                     Dialect::OpenAi => (
                         ::http::header::AUTHORIZATION,

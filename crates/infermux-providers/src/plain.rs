@@ -13,14 +13,23 @@
 //!
 //! A connection taken from the pool is checked first (a peer that closed it,
 //! or sent something unasked, is noticed then without a system call: tokio
-//! knows the socket has not become readable). A reused connection that fails
-//! before any byte of an answer arrived (the peer closed it as the request
-//! went out) is replaced by a fresh connection once; the upstream never saw
-//! the request on it.
+//! knows the socket has not become readable). A request is sent again on a
+//! fresh connection only when it provably never left: the reused
+//! connection refused its very first byte. Once any byte was written the
+//! upstream may have read the whole request and started (and billed) the
+//! work, so a close before the answer is a failed attempt, never a silent
+//! second POST. Idle connections are closed after [`IDLE_TIMEOUT`] by a
+//! sweeper, not only when the next request looks at the pool.
+//!
+//! Answers are read strictly (RFC 9112): a head with both `Content-Length`
+//! and `Transfer-Encoding`, a length or chunk size that is not bare digits,
+//! chunked coding on HTTP/1.0, a `101`, or a framing error anywhere in the
+//! body fails the exchange, and that connection is never used again.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
@@ -131,9 +140,75 @@ impl Pools {
     }
 }
 
+/// One thread's idle connections. Behind a mutex only so that its sweeper
+/// can close the expired ones: the thread that owns it is the only other
+/// user, so locking it costs two uncontended atomic operations.
+#[derive(Default)]
+struct Shard {
+    pools: Mutex<Pools>,
+    /// Whether a sweeper task looks after this shard.
+    swept: AtomicBool,
+}
+
 thread_local! {
     /// This thread's idle connections.
-    static IDLE: RefCell<Pools> = RefCell::default();
+    static IDLE: Arc<Shard> = Arc::default();
+}
+
+/// How often a sweeper looks.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+impl Shard {
+    /// Starts this shard's sweeper on the current Tokio runtime unless one
+    /// runs: every [`SWEEP_EVERY`] it closes the connections that waited
+    /// longer than [`IDLE_TIMEOUT`] or that their upstream closed. (An
+    /// upstream that closes idle connections, as uvicorn does after 5 s,
+    /// would otherwise leave them half-closed until this thread's next
+    /// call to it.) It ends with the shard's thread, or with its runtime.
+    fn ensure_sweeper(self: &Arc<Self>) {
+        if self.swept.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.swept.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        /// Lets a later call start another sweeper once this one ends.
+        struct Running(Weak<Shard>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                if let Some(shard) = self.0.upgrade() {
+                    shard.swept.store(false, Ordering::Release);
+                }
+            }
+        }
+        let running = Running(Arc::downgrade(self));
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shard) = running.0.upgrade() else {
+                    return;
+                };
+                shard.sweep(Instant::now());
+            }
+        });
+    }
+
+    /// Closes the idle connections that expired by `now` or whose upstream
+    /// closed them.
+    fn sweep(&self, now: Instant) {
+        let Ok(mut pools) = self.pools.lock() else {
+            return;
+        };
+        for (_, conns) in &mut pools.0 {
+            expire(conns, now);
+            conns.retain(|c| c.conn.usable());
+        }
+    }
 }
 
 /// Drops the connections that waited too long (from the front: the oldest).
@@ -217,13 +292,15 @@ impl Plain {
         loop {
             match exchange(&mut conn, &wire, &rest).await {
                 Ok(head) => return Ok(self.response(conn, head)),
-                // The pooled connection was closed as the request went out:
-                // the upstream never saw it there, so a fresh one gets it.
-                Err(Failed::Unanswered(_)) if reused => {
+                // The pooled connection refused the request's first byte:
+                // the upstream cannot have seen it, so a fresh one gets it.
+                Err(Failed::Unsent(_)) if reused => {
                     conn = Box::pin(self.connect(provider)).await?;
                     reused = false;
                 }
-                Err(Failed::Unanswered(e) | Failed::Sent(e)) => {
+                // Anything else may have reached the upstream: sending it
+                // again could run (and bill) the call twice.
+                Err(Failed::Unsent(e) | Failed::Sent(e)) => {
                     return Err(transport_error(&e, provider));
                 }
             }
@@ -281,6 +358,7 @@ impl Plain {
             framing: head.framing,
             keep_alive: head.keep_alive,
             pool: self.id,
+            failed: None,
         };
         // A body already complete (none, or all in the head's read) frees
         // the connection now.
@@ -295,7 +373,7 @@ impl Plain {
     fn take(&self) -> Option<Conn> {
         // `try_with`: a thread tearing down its thread-locals has no pool.
         IDLE.try_with(|idle| {
-            let mut idle = idle.borrow_mut();
+            let mut idle = idle.pools.lock().ok()?;
             let conns = idle.get_mut(self.id)?;
             expire(conns, Instant::now());
             // The most recently used first: the likeliest to be alive.
@@ -329,10 +407,11 @@ impl Plain {
     }
 }
 
-/// A failed exchange: no byte of an answer arrived (on a reused connection,
-/// the peer closed it as the request went out), or the failure came later.
+/// A failed exchange: the connection took no byte of the request (it was
+/// closed or reset before the request went out), or the failure came after
+/// some of it was written, when the upstream may have read it all.
 enum Failed {
-    Unanswered(Error),
+    Unsent(Error),
     Sent(Error),
 }
 
@@ -352,20 +431,37 @@ struct Head {
 /// Writes the request and reads until the answer's head has arrived
 /// (skipping `1xx` interim answers).
 async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<Head, Failed> {
-    let written = async {
-        conn.tcp.write_all(wire).await?;
-        if !rest.is_empty() {
-            conn.tcp.write_all(rest).await?;
+    let mut sent = 0usize;
+    for part in [wire, rest] {
+        let mut part = part;
+        while !part.is_empty() {
+            match conn.tcp.write(part).await {
+                Ok(0) => {
+                    let e = Error::Io(io::ErrorKind::WriteZero.into());
+                    return Err(if sent == 0 {
+                        Failed::Unsent(e)
+                    } else {
+                        Failed::Sent(e)
+                    });
+                }
+                Ok(n) => {
+                    sent += n;
+                    part = &part[n..];
+                }
+                Err(e) if sent == 0 => return Err(Failed::Unsent(Error::Io(e))),
+                Err(e) => return Err(Failed::Sent(Error::Io(e))),
+            }
         }
-        io::Result::Ok(())
-    };
-    written
-        .await
-        .map_err(|e| Failed::Unanswered(Error::Io(e)))?;
-    let mut answered = !conn.buf.is_empty();
+    }
     loop {
         if !conn.buf.is_empty() {
             match parse_head(&mut conn.buf).map_err(Failed::Sent)? {
+                // Nothing here asks to switch protocols.
+                Some(head) if head.status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(Failed::Sent(malformed(
+                        "an unasked 101 Switching Protocols",
+                    )));
+                }
                 Some(head) if head.status.is_informational() => continue,
                 Some(head) => return Ok(head),
                 None if conn.buf.len() > MAX_HEAD => {
@@ -375,11 +471,9 @@ async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<Head, Fai
             }
         }
         match conn.fill().await {
-            Ok(0) if answered => return Err(Failed::Sent(Error::Closed)),
-            Ok(0) => return Err(Failed::Unanswered(Error::Closed)),
-            Ok(_) => answered = true,
-            Err(e) if answered => return Err(Failed::Sent(Error::Io(e))),
-            Err(e) => return Err(Failed::Unanswered(Error::Io(e))),
+            Ok(0) => return Err(Failed::Sent(Error::Closed)),
+            Ok(_) => {}
+            Err(e) => return Err(Failed::Sent(Error::Io(e))),
         }
     }
 }
@@ -428,16 +522,21 @@ fn parse_head_in<'b>(
         // read; the others are not kept.
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            // Bare digits only: `+5`, `5, 5` or `0x5` frame nothing here.
+            let n = Some(h.value.trim_ascii())
+                .filter(|v| !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
                 .ok_or_else(|| malformed("a bad content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(malformed("two different content-lengths"));
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Chunked only when it is the last coding applied.
+            if !http11 {
+                return Err(malformed("a transfer-encoding on HTTP/1.0"));
+            }
+            // Chunked only when it is the last coding applied (of the last
+            // such header: codings add up in order).
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
             coded = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case("connection") {
@@ -460,9 +559,13 @@ fn parse_head_in<'b>(
         Framing::Length(0)
     } else {
         match (coded, length) {
-            (Some(true), _) => Framing::Chunked(Chunk::Size),
+            // Which one frames the body is what a smuggling attack plays on.
+            (Some(_), Some(_)) => {
+                return Err(malformed("both content-length and transfer-encoding"));
+            }
+            (Some(true), None) => Framing::Chunked(Chunk::Size),
             // A coding other than chunked: the body runs to the close.
-            (Some(false), _) | (None, None) => {
+            (Some(false), None) | (None, None) => {
                 keep_alive = false;
                 Framing::Eof
             }
@@ -550,11 +653,7 @@ impl Framing {
                     let Some(line) = line(buf)? else {
                         return Ok(Step::More);
                     };
-                    let size = line[..].split(|&b| b == b';').next().unwrap_or_default();
-                    let size = std::str::from_utf8(size.trim_ascii())
-                        .ok()
-                        .and_then(|s| u64::from_str_radix(s, 16).ok())
-                        .ok_or_else(|| malformed("a bad chunk size"))?;
+                    let size = chunk_size(&line)?;
                     *chunk = if size == 0 {
                         Chunk::Trailers
                     } else {
@@ -583,6 +682,23 @@ impl Framing {
     }
 }
 
+/// A chunk-size line's size: 1 to 16 hex digits, then nothing or (after
+/// optional white space) `;` and extensions, which are ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let after = line[digits..].trim_ascii_start();
+    if digits == 0 || digits > 16 || !(after.is_empty() || after[0] == b';') {
+        return Err(malformed("a bad chunk size"));
+    }
+    line[..digits]
+        .iter()
+        .try_fold(0u64, |n, &b| {
+            let d = (b as char).to_digit(16)?;
+            n.checked_mul(16)?.checked_add(u64::from(d))
+        })
+        .ok_or_else(|| malformed("a bad chunk size"))
+}
+
 /// Up to `left` bytes off the front of `buf`.
 fn take(buf: &mut BytesMut, left: &mut u64) -> Bytes {
     let n = usize::try_from(*left).map_or(buf.len(), |l| l.min(buf.len()));
@@ -604,6 +720,58 @@ fn line(buf: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
     }
 }
 
+/// A body read whole, or cut at a limit.
+pub enum Collected {
+    Whole(Bytes),
+    /// Its first `limit` bytes; the body was longer.
+    Cut(Bytes),
+}
+
+/// Gathers a body's pieces up to a limit, without a copy when it comes in
+/// one piece (the common case).
+pub struct Gather {
+    first: Option<Bytes>,
+    rest: Vec<u8>,
+    left: usize,
+}
+
+impl Gather {
+    pub fn new(limit: usize) -> Gather {
+        Gather {
+            first: None,
+            rest: Vec::new(),
+            left: limit,
+        }
+    }
+
+    /// Adds a piece; false once the limit is passed (what fits is kept).
+    pub fn push(&mut self, mut piece: Bytes) -> bool {
+        let over = piece.len() > self.left;
+        if over {
+            piece.truncate(self.left);
+        }
+        self.left -= piece.len();
+        match &self.first {
+            None => self.first = Some(piece),
+            Some(f) => {
+                if self.rest.is_empty() {
+                    self.rest.extend_from_slice(f);
+                }
+                self.rest.extend_from_slice(&piece);
+            }
+        }
+        !over
+    }
+
+    pub fn finish(self) -> Bytes {
+        match self.first {
+            Some(_) if !self.rest.is_empty() => Bytes::from(self.rest),
+            Some(f) => f,
+            None => Bytes::new(),
+        }
+    }
+}
+
 /// An answer's body, read by the task that holds it. Once it is complete its
 /// connection goes back to the pool of the thread that finished it. Dropping
 /// it before then closes the connection, which is how an abandoned call
@@ -613,6 +781,9 @@ pub struct Body {
     framing: Framing,
     keep_alive: bool,
     pool: u64,
+    /// A framing error found ahead of the reader (while settling): its
+    /// next read gets it, never a clean end.
+    failed: Option<Error>,
 }
 
 impl Body {
@@ -620,7 +791,9 @@ impl Body {
     /// item.
     pub async fn chunk(&mut self) -> Option<Result<Bytes, Error>> {
         loop {
-            let conn = self.conn.as_mut()?;
+            let Some(conn) = self.conn.as_mut() else {
+                return self.failed.take().map(Err);
+            };
             match self.framing.step(&mut conn.buf) {
                 Ok(Step::Data(data)) => {
                     // The last of the body: the connection is free now,
@@ -658,27 +831,17 @@ impl Body {
         }
     }
 
-    /// The whole body.
-    pub async fn collect(mut self) -> Result<Bytes, Error> {
-        let mut first: Option<Bytes> = None;
-        let mut rest: Vec<u8> = Vec::new();
+    /// The body, read to its end or until it passes `limit` bytes.
+    pub async fn collect(mut self, limit: usize) -> Result<Collected, Error> {
+        let mut gather = Gather::new(limit);
         while let Some(chunk) = self.chunk().await {
-            let chunk = chunk?;
-            match &first {
-                None => first = Some(chunk),
-                Some(f) => {
-                    if rest.is_empty() {
-                        rest.extend_from_slice(f);
-                    }
-                    rest.extend_from_slice(&chunk);
-                }
+            if !gather.push(chunk?) {
+                // The rest is not read: the connection goes with it.
+                self.conn = None;
+                return Ok(Collected::Cut(gather.finish()));
             }
         }
-        Ok(match first {
-            Some(_) if !rest.is_empty() => Bytes::from(rest),
-            Some(f) => f,
-            None => Bytes::new(),
-        })
+        Ok(Collected::Whole(gather.finish()))
     }
 
     /// Reads the body's framing as far as the buffered bytes go without
@@ -693,8 +856,9 @@ impl Body {
                 Ok(Step::End) => return self.release(),
                 // (`at_data` keeps body bytes out of here.)
                 Ok(Step::Data(_) | Step::More) => return,
-                Err(_) => {
+                Err(e) => {
                     self.conn = None;
+                    self.failed = Some(e);
                     return;
                 }
             }
@@ -711,8 +875,11 @@ impl Body {
             return;
         }
         let pool = self.pool;
-        let _ = IDLE.try_with(|idle| {
-            let mut idle = idle.borrow_mut();
+        let _ = IDLE.try_with(|shard| {
+            shard.ensure_sweeper();
+            let Ok(mut idle) = shard.pools.lock() else {
+                return;
+            };
             let conns = idle.entry(pool);
             let now = Instant::now();
             expire(conns, now);
@@ -745,7 +912,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::http::Upstream;
+    use crate::http::{MAX_ANSWER, Upstream};
 
     /// A raw HTTP/1.1 server on loopback: `serve` gets each accepted
     /// connection and its number (from 1). Returns the base URL and the
@@ -1134,25 +1301,86 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pooled_connection_closed_as_the_request_goes_out_is_replaced_once() {
-        // Connection 1 answers once, then takes the next request and closes
-        // without a word (as a server closing an idle connection does when a
-        // request crosses its close). The others answer.
-        let (url, accepted) = server(|mut sock, n| async move {
-            while read_request(&mut sock).await.is_some() {
-                if n == 1 {
-                    sock.write_all(ok("{}").as_bytes()).await.unwrap();
-                    read_request(&mut sock).await;
-                    return;
+    async fn a_request_the_upstream_read_is_never_sent_again() {
+        // Connection 1 answers once, then reads the next request whole and
+        // closes without a word: the upstream may be running (and billing)
+        // that call, so it must not arrive a second time anywhere. Unary
+        // calls and streams alike, on both transports.
+        for (transport, make) in TRANSPORTS {
+            for stream in [false, true] {
+                let posts = Arc::new(AtomicUsize::new(0));
+                let seen = posts.clone();
+                let (url, accepted) = server(move |mut sock, n| {
+                    let seen = seen.clone();
+                    async move {
+                        while read_request(&mut sock).await.is_some() {
+                            let k = seen.fetch_add(1, Ordering::SeqCst);
+                            if n == 1 && k == 1 {
+                                return;
+                            }
+                            sock.write_all(ok("{}").as_bytes()).await.unwrap();
+                        }
+                    }
+                })
+                .await;
+                let up = make(&url, Duration::from_secs(5));
+                up.call(post(&url, "{}")).await.unwrap();
+                let err = if stream {
+                    up.call_stream(post(&url, "{}")).await.err().unwrap()
+                } else {
+                    up.call(post(&url, "{}")).await.err().unwrap()
+                };
+                assert!(
+                    matches!(&err, ProviderError::Unavailable(_)),
+                    "{transport} stream={stream}: {err:?}"
+                );
+                assert_eq!(
+                    posts.load(Ordering::SeqCst),
+                    2,
+                    "{transport} stream={stream}: the second POST arrived twice"
+                );
+                assert_eq!(accepted.load(Ordering::SeqCst), 1, "{transport}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_reset_before_the_request_left_is_replaced_once() {
+        // Connection 1 answers once, then resets (RST, not FIN). The next
+        // request cannot go out on it (the pool check or the first write
+        // sees the reset), so it goes once, on a fresh connection.
+        let (reset_tx, reset_rx) = tokio::sync::oneshot::channel::<()>();
+        let reset_tx = Arc::new(Mutex::new(Some(reset_tx)));
+        let posts = Arc::new(AtomicUsize::new(0));
+        let seen = posts.clone();
+        let (url, accepted) = server(move |mut sock, n| {
+            let seen = seen.clone();
+            let reset_tx = reset_tx.lock().unwrap().take();
+            async move {
+                while read_request(&mut sock).await.is_some() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    sock.write_all(ok(&format!("{{\"n\":{n}}}")).as_bytes())
+                        .await
+                        .unwrap();
+                    if n == 1 {
+                        sock.set_zero_linger().unwrap();
+                        drop(sock);
+                        reset_tx.unwrap().send(()).unwrap();
+                        return;
+                    }
                 }
-                sock.write_all(ok(r#"{"n":2}"#).as_bytes()).await.unwrap();
             }
         })
         .await;
         let up = upstream(&url, Duration::from_secs(5));
-        up.call(post(&url, "{}")).await.unwrap();
+        assert_eq!(
+            &up.call(post(&url, "{}")).await.unwrap().body[..],
+            br#"{"n":1}"#
+        );
+        reset_rx.await.unwrap();
         let answer = up.call(post(&url, "{}")).await.unwrap();
         assert_eq!(&answer.body[..], br#"{"n":2}"#);
+        assert_eq!(posts.load(Ordering::SeqCst), 2);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
         // A fresh connection that closes unanswered is not tried again.
@@ -1170,6 +1398,172 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_at_the_limit() {
+        // A 200 whose chunked body never ends, and a 500 whose body never
+        // ends: neither is buffered without bound.
+        for (transport, make) in TRANSPORTS {
+            for status in ["200 OK", "500 Internal Server Error"] {
+                let (url, _) = server(move |mut sock, _| async move {
+                    read_request(&mut sock).await;
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                    );
+                    sock.write_all(head.as_bytes()).await.unwrap();
+                    let piece = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                    // Far more than any limit; it stops when the client closes.
+                    for _ in 0..(2 * MAX_ANSWER / 0x10000) {
+                        if sock.write_all(piece.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                let up = make(&url, Duration::from_secs(20));
+                let err = up
+                    .call_json::<serde_json::Value>(post(&url, "{}"))
+                    .await
+                    .err()
+                    .unwrap();
+                if status.starts_with("200") {
+                    assert!(
+                        matches!(&err, ProviderError::Unavailable(m) if m.contains("larger than 64 MiB")),
+                        "{transport}: {err:?}"
+                    );
+                } else {
+                    assert!(
+                        matches!(&err, ProviderError::Unavailable(m) if m.contains("500") && m.len() < 1024),
+                        "{transport}: {err:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_framing_error_after_a_whole_json_body_fails_the_call() {
+        // The JSON is complete, then the chunked framing breaks: the answer
+        // cannot be trusted (what else was on that connection?).
+        for tail in ["0\r\nx", "zz\r\n\r\n", "2\r\n{}XX"] {
+            let (url, accepted) = server(move |mut sock, _| async move {
+                read_request(&mut sock).await.unwrap();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n{tail}"
+                );
+                sock.write_all(reply.as_bytes()).await.unwrap();
+                // Hold the connection open so only the framing decides.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            })
+            .await;
+            let up = upstream(&url, Duration::from_millis(100));
+            let err = up.call(post(&url, "{}")).await.err().unwrap();
+            assert!(
+                matches!(
+                    &err,
+                    ProviderError::Unavailable(_) | ProviderError::Timeout(_)
+                ),
+                "{tail:?}: {err:?}"
+            );
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[test]
+    fn heads_that_frame_doubtfully_are_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0x2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(raw.as_bytes());
+            assert!(
+                matches!(parse_head(&mut buf), Err(Error::Malformed(_))),
+                "{raw:?}"
+            );
+        }
+        // The same value twice is one length.
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n"[..],
+        );
+        assert!(matches!(
+            parse_head(&mut buf).unwrap().unwrap().framing,
+            Framing::Length(2)
+        ));
+    }
+
+    #[test]
+    fn chunk_sizes_are_bare_hex() {
+        for (line, size) in [
+            ("0", Some(0)),
+            ("1f", Some(31)),
+            ("A;name=value", Some(10)),
+            ("a ;ext", Some(10)),
+            ("ffffffffffffffff", Some(u64::MAX)),
+            ("+a", None),
+            (" a", None),
+            ("-1", None),
+            ("0x1", None),
+            ("", None),
+            ("a b", None),
+            ("10000000000000000", None),
+        ] {
+            assert_eq!(chunk_size(line.as_bytes()).ok(), size, "{line:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_its_upstream_closed_is_swept_without_a_next_call() {
+        // The upstream answers, then closes its side (as uvicorn does to a
+        // connection idle for 5 s) and waits to see infermux close too. No
+        // further call comes: only the sweeper can notice.
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+        let closed_tx = Arc::new(Mutex::new(Some(closed_tx)));
+        let (url, _) = server(move |mut sock, _| {
+            let closed_tx = closed_tx.lock().unwrap().take();
+            async move {
+                read_request(&mut sock).await.unwrap();
+                sock.write_all(ok("{}").as_bytes()).await.unwrap();
+                sock.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                let _ = sock.read_to_end(&mut rest).await;
+                let _ = closed_tx.unwrap().send(());
+            }
+        })
+        .await;
+        let up = upstream(&url, Duration::from_secs(5));
+        up.call(post(&url, "{}")).await.unwrap();
+        tokio::time::timeout(3 * SWEEP_EVERY, closed_rx)
+            .await
+            .expect("the sweeper closed the half-closed idle connection")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unasked_101_fails_the_call() {
+        let (url, _) = server(|mut sock, _| async move {
+            read_request(&mut sock).await;
+            sock.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+        })
+        .await;
+        let err = upstream(&url, Duration::from_secs(5))
+            .call(post(&url, "{}"))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, ProviderError::Unavailable(m) if m.contains("101")),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

@@ -234,7 +234,9 @@ impl From<ProviderError> for Error {
             ProviderError::InvalidRequest(_) => ErrorKind::InvalidRequest,
             ProviderError::Internal(_) => ErrorKind::Internal,
         };
-        Error::new(kind, e.to_string())
+        // Upstream text reaches callers, spans and logs only through here:
+        // no provider secret it quotes goes further.
+        Error::new(kind, crate::redact::redact(&e.to_string()).into_owned())
     }
 }
 

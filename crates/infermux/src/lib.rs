@@ -13,7 +13,8 @@
 //! - [`trace`]: W3C trace context and the TokenTrace span a call produces, handed to
 //!   a non-blocking [`trace::SpanSink`].
 //! - [`error`]: the one error type, and the one table that maps it to HTTP statuses,
-//!   gRPC codes and the public `code` strings.
+//!   gRPC codes and the public `code` strings; [`redact`] keeps provider secrets
+//!   out of the upstream text its messages carry.
 
 pub mod breaker;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod json;
 pub mod metrics;
 pub mod provider;
 pub mod ratelimit;
+pub mod redact;
 pub mod registry;
 pub mod router;
 #[cfg(any(test, feature = "testing"))]

@@ -622,7 +622,14 @@ impl<'a> Permit<'a> {
         ewma_decay: f64,
     ) -> Result<T, Error> {
         let outcome = match &result {
-            Ok(_) => Outcome::Success,
+            Ok(_) => {
+                // A real call that succeeds outweighs a failed health check.
+                let healthy = &self.route.healthy;
+                if !healthy.load(std::sync::atomic::Ordering::Relaxed) {
+                    healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Outcome::Success
+            }
             Err(e) if e.kind() == ErrorKind::RateLimited => Outcome::RateLimited,
             Err(e) if e.disposition().provider_failure => Outcome::Failure,
             // The provider answered (a 4xx, a refused request): it is up.
