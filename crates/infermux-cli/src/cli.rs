@@ -118,9 +118,20 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0, env = "INFERMUX_THREADS")]
     pub threads: usize,
 
-    /// How long in-flight requests may run after SIGINT/SIGTERM (e.g. 30s, 500ms).
+    /// After SIGINT/SIGTERM: how long connections are still served, every answer
+    /// with Connection: close and /_infermux/health answering 503 draining (lets
+    /// load balancers move traffic away first).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
+    /// Then: how long in-flight requests may run (e.g. 30s, 500ms).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub grace_period: Duration,
+
+    /// Open connections at most; one more is answered 503 overloaded
+    /// (0 = three quarters of the open-file limit, which is raised to its maximum).
+    #[arg(long, default_value_t = 0, env = "INFERMUX_MAX_CONNECTIONS")]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Args)]

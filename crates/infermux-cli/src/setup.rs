@@ -72,6 +72,28 @@ pub fn router(
     }
 }
 
+/// Whether a listener on `addr` is reachable from other hosts.
+fn exposed(addr: SocketAddr) -> bool {
+    !addr.ip().is_loopback()
+}
+
+/// The open-connection limit: `flag`, or (0) three quarters of the
+/// open-file limit, which is first raised as far as the hard limit allows
+/// (the rest is left for upstream connections, the ledger and logs).
+pub fn max_connections(flag: usize) -> usize {
+    let files = match rlimit::increase_nofile_limit(1 << 20) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read or raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    match flag {
+        0 => usize::try_from(files / 4 * 3).unwrap_or(usize::MAX).max(16),
+        n => n,
+    }
+}
+
 /// How long queued spans may take to reach TokenTrace on shutdown.
 pub const SPAN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -112,13 +134,21 @@ impl Prepared {
     }
 
     pub fn log_listening(&self, kind: &str, local: std::net::SocketAddr) {
-        let providers: Vec<String> = self
-            .registry
-            .entries()
-            .iter()
-            .map(|e| e.name.to_string())
-            .collect();
+        let entries = self.registry.entries();
+        let providers: Vec<String> = entries.iter().map(|e| e.name.to_string()).collect();
         tracing::info!(addr = %local, providers = ?providers, "infermux {kind} server listening");
+        let paid: Vec<&str> = entries
+            .iter()
+            .filter(|e| e.provider.kind() != "echo")
+            .map(|e| &*e.name)
+            .collect();
+        if exposed(local) && !paid.is_empty() {
+            tracing::warn!(
+                addr = %local,
+                providers = ?paid,
+                "the inference routes are open to anyone who can reach this address, and spend these providers' keys; listen on 127.0.0.1, or put infermux behind a proxy that authenticates callers"
+            );
+        }
     }
 
     /// Starts the active health checks the config asks for, on the current

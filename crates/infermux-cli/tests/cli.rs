@@ -605,3 +605,90 @@ fn management_endpoints_can_have_their_own_address() {
     assert_eq!(served.terminate(), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Waits until a log line satisfies `want`, or fails after 5 s.
+fn wait_for_log(served: &Served, what: &str, want: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !served.logs.lock().unwrap().iter().any(&want) {
+        assert!(Instant::now() < deadline, "no log line {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn says_open(line: &serde_json::Value) -> bool {
+    line["level"] == "WARN"
+        && line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("open to anyone"))
+}
+
+#[test]
+fn an_exposed_server_with_paid_providers_and_no_caller_auth_warns_at_start() {
+    let dir = std::env::temp_dir().join(format!("infermux-exposed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("paid.yml");
+    std::fs::write(
+        &config,
+        "providers:\n  - name: openai\n    type: openai\n    api_key: sk-test-key-123456\n    base_url: http://127.0.0.1:9/v1\n    models: [gpt-4o]\n    health_check: {disabled: true}\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let mut exposed = Served::start(&["--addr", "0.0.0.0:0", "--config", config], &[]);
+    wait_for_log(&exposed, "warning that the routes are open", says_open);
+    assert_eq!(exposed.terminate(), 0);
+    // On loopback, or with echo alone, there is nothing to warn about.
+    for args in [
+        vec!["--addr", "127.0.0.1:0", "--config", config],
+        vec!["--addr", "0.0.0.0:0"],
+    ] {
+        let mut quiet = Served::start(&args, &[]);
+        post_infer_anywhere(&quiet.addr);
+        assert_eq!(quiet.terminate(), 0);
+        let logs = quiet.logs.lock().unwrap().clone();
+        assert!(!logs.iter().any(says_open), "{args:?}: {logs:?}");
+    }
+}
+
+/// `post_infer` for a server listening on all interfaces (reached on loopback).
+fn post_infer_anywhere(addr: &str) {
+    let port = addr.rsplit(':').next().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Any answer: the server is up and past its start-up lines.
+        reqwest::get(format!("http://127.0.0.1:{port}/_infermux/health"))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn serve_keeps_serving_through_its_drain_delay_with_health_draining() {
+    let mut served = Served::start(&["--addr", "127.0.0.1:0", "--drain-delay", "2s"], &[]);
+    let health = |addr: &str| -> u16 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            reqwest::get(format!("http://{addr}/_infermux/health"))
+                .await
+                .map_or(0, |r| r.status().as_u16())
+        })
+    };
+    assert_eq!(health(&served.addr), 200);
+    Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while health(&served.addr) != 503 {
+        assert!(Instant::now() < deadline, "health never said draining");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still routing during the delay.
+    assert_eq!(post_infer(&served.addr)["content"], "echo: Hello");
+    assert_eq!(served.terminate(), 0);
+}

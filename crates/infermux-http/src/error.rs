@@ -38,16 +38,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = d.code, status = d.http_status, error = %self.0, "request rejected");
         }
-        let body = Body {
-            error: Detail {
-                message: self.0.message(),
-                kind: "infermux_error",
-                code: d.code,
-            },
-        };
-        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
-            br#"{"error":{"message":"internal error","type":"infermux_error","code":"internal_error"}}"#.to_vec()
-        });
+        let bytes = body(&self.0);
         let status =
             StatusCode::from_u16(d.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, bytes).into_response();
@@ -57,6 +48,20 @@ impl IntoResponse for ApiError {
         );
         resp
     }
+}
+
+/// The contract's JSON error body for `e`.
+pub(crate) fn body(e: &Error) -> Vec<u8> {
+    let body = Body {
+        error: Detail {
+            message: e.message(),
+            kind: "infermux_error",
+            code: e.disposition().code,
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_else(|_| {
+        br#"{"error":{"message":"internal error","type":"infermux_error","code":"internal_error"}}"#.to_vec()
+    })
 }
 
 /// What a panicking handler answers (the process and other requests live on).

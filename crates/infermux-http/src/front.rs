@@ -155,7 +155,9 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
         else {
             return; // the client went away: its call is dropped, so cancelled
         };
-        let close = head.close || *draining.borrow();
+        // Once shutdown has begun, answer and close: the client reconnects
+        // elsewhere instead of finding this connection gone.
+        let close = head.close || *draining.borrow() || state.shared.closing();
         let written = match answer {
             Answer::Routed(routed) => conn.respond_routed(&routed, close).await,
             Answer::Response(resp) => conn.respond(resp, close).await,
@@ -174,6 +176,9 @@ fn parse(buf: &[u8]) -> Parsed {
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        // A head larger than the front reads is hyper's to judge (414 for a
+        // long target), whether it came in one read or in many.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Parsed::Theirs,
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Theirs,
@@ -503,22 +508,95 @@ async fn fallback(
     router: axum::Router,
     mut draining: watch::Receiver<bool>,
 ) {
+    let peer = crate::Peer(tcp.peer_addr().ok());
     let io = TokioIo::new(Rewind {
         prefix: read.freeze(),
         tcp,
     });
+    // A body that has not arrived whole READ_TIMEOUT after its head fires
+    // this; the connection is then closed, as the front closes one.
+    let expired = Arc::new(tokio::sync::Notify::new());
+    let late = expired.clone();
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |req: http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(|body| axum::body::Body::new(Deadline::new(body, late.clone())));
+            req.extensions_mut().insert(peer);
+            req
+        })
+        .service(router);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(READ_TIMEOUT)
-        .serve_connection(io, TowerToHyperService::new(router))
+        .serve_connection(io, TowerToHyperService::new(service))
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
+    let too_slow = || {
+        tracing::debug!(
+            timeout_s = READ_TIMEOUT.as_secs(),
+            "a request body did not arrive whole in time; closing its connection"
+        );
+    };
     tokio::select! {
         _ = conn.as_mut() => return,
+        () = expired.notified() => return too_slow(),
         _ = draining.wait_for(|d| *d) => {}
     }
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = expired.notified() => too_slow(),
+    }
+}
+
+/// A request body that must arrive whole within [`READ_TIMEOUT`] of its
+/// head (the front's deadline, on hyper's path). Past it, the body fails
+/// and `expired` fires so that the connection is closed.
+struct Deadline {
+    body: hyper::body::Incoming,
+    until: Pin<Box<tokio::time::Sleep>>,
+    expired: Arc<tokio::sync::Notify>,
+}
+
+impl Deadline {
+    fn new(body: hyper::body::Incoming, expired: Arc<tokio::sync::Notify>) -> Deadline {
+        Deadline {
+            body,
+            until: Box::pin(tokio::time::sleep(READ_TIMEOUT)),
+            expired,
+        }
+    }
+}
+
+impl http_body::Body for Deadline {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => {
+                if this.until.as_mut().poll(cx).is_ready() {
+                    this.expired.notify_one();
+                    // The connection is closed; the handler reading this
+                    // body is dropped with it.
+                    return Poll::Pending;
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A connection whose first bytes were already read: they are read again

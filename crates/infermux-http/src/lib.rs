@@ -25,6 +25,7 @@ mod routes;
 pub mod server;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::routing::{get, post};
 use infermux::Router;
@@ -39,6 +40,64 @@ pub struct AppState {
     /// Bearer token for `/_infermux/*` (but `health`); none means open.
     pub management_token: Option<String>,
     pub started: std::time::Instant,
+    /// What the servers of this application share (drain, connections).
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// The client's address, in the extensions of requests hyper serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub Option<std::net::SocketAddr>);
+
+/// What every server of one application shares, whichever thread serves it.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Shutdown has begun: answers carry `Connection: close` and health
+    /// says `draining` (503), while new connections are still served.
+    closing: AtomicBool,
+    /// Open connections, against `max_connections`.
+    open: AtomicUsize,
+    max_connections: AtomicUsize,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            closing: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn start_closing(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// A slot for one more connection, if the limit allows.
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        let was = self.open.fetch_add(1, Ordering::AcqRel);
+        let slot = ConnectionSlot(self.clone());
+        (was < max).then_some(slot)
+    }
+
+    pub(crate) fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// One open connection, counted until it is dropped.
+pub(crate) struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// An application to serve: the axum router with every route, and, when it
@@ -49,6 +108,7 @@ pub struct AppState {
 pub struct Api {
     router: axum::Router,
     fast: Option<Arc<AppState>>,
+    shared: Arc<Shared>,
 }
 
 impl Api {
@@ -56,12 +116,26 @@ impl Api {
     pub fn into_router(self) -> axum::Router {
         self.router
     }
+
+    /// At most `n` connections open at once, over every server of this
+    /// application (and of the application split from it); one more is
+    /// answered 503 `overloaded` and closed. Unlimited by default.
+    pub fn with_max_connections(self, n: usize) -> Self {
+        self.shared
+            .max_connections
+            .store(n.max(1), Ordering::Relaxed);
+        self
+    }
 }
 
 impl From<axum::Router> for Api {
     /// Any axum application, served by hyper alone.
     fn from(router: axum::Router) -> Self {
-        Api { router, fast: None }
+        Api {
+            router,
+            fast: None,
+            shared: Arc::default(),
+        }
     }
 }
 
@@ -77,6 +151,7 @@ pub fn app_with_token(router: Router, management_token: Option<String>) -> Api {
     let state = state(router, management_token);
     Api {
         router: finish(api_routes().merge(management_routes(&state)), state.clone()),
+        shared: state.shared.clone(),
         fast: Some(state),
     }
 }
@@ -92,8 +167,14 @@ pub fn split_apps(router: Router, management_token: Option<String>) -> (Api, Api
     let api = Api {
         router: finish(api_routes(), state.clone()),
         fast: Some(state.clone()),
+        shared: state.shared.clone(),
     };
-    (api, finish(management, state).into())
+    let management = Api {
+        router: finish(management, state.clone()),
+        fast: None,
+        shared: state.shared.clone(),
+    };
+    (api, management)
 }
 
 fn state(router: Router, management_token: Option<String>) -> Arc<AppState> {
@@ -101,6 +182,7 @@ fn state(router: Router, management_token: Option<String>) -> Arc<AppState> {
         router,
         management_token: management_token.filter(|t| !t.is_empty()),
         started: std::time::Instant::now(),
+        shared: Arc::default(),
     })
 }
 
@@ -137,10 +219,33 @@ fn finish(routes: axum::Router<Arc<AppState>>, state: Arc<AppState>) -> axum::Ro
     routes
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            close_while_closing,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))
         .with_state(state)
+}
+
+/// Once shutdown has begun, every answer says `Connection: close` (hyper
+/// then closes the connection after it), as the connection front does: a
+/// client on a keep-alive connection gets its answer, then reconnects
+/// elsewhere, instead of finding the connection gone.
+async fn close_while_closing(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut resp = next.run(req).await;
+    if state.shared.closing() {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// The README's Rust examples, compiled and run as doctests so they cannot rot.

@@ -16,13 +16,28 @@ use serde::Serialize;
 use crate::AppState;
 use crate::error::ApiError;
 
-/// Rejects management calls without the right bearer token (when one is set).
+/// Rejects management calls without the right bearer token (when one is
+/// set). Without a token, calls that change state (circuit control) are
+/// answered only for loopback clients: an open port must not let anyone
+/// take providers out.
 pub async fn require_token(
     State(state): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Response {
     let Some(token) = state.management_token.as_deref() else {
+        let local = req
+            .extensions()
+            .get::<crate::Peer>()
+            .and_then(|p| p.0)
+            .is_none_or(|a| a.ip().is_loopback() || a.ip().to_canonical().is_loopback());
+        if req.method() != http::Method::GET && !local {
+            return ApiError(Error::new(
+                ErrorKind::Unauthorized,
+                "management changes from another host need INFERMUX_MANAGEMENT_TOKEN set on the server and sent as Authorization: Bearer <token>",
+            ))
+            .into_response();
+        }
         return next.run(req).await;
     };
     let path = req.uri().path();
@@ -49,8 +64,13 @@ pub async fn require_token(
     }
 }
 
+/// Compares in time that depends on neither the contents nor the lengths:
+/// the SHA-256 digests are compared, in constant time.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::Digest as _;
+    use subtle::ConstantTimeEq as _;
+    let (a, b) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
+    a.ct_eq(&b).into()
 }
 
 /// RFC 3339 (UTC, seconds) of an `Instant`, through the wall clock.
@@ -218,5 +238,59 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    /// A circuit call to `app` from `peer`, with `token` as the bearer.
+    async fn circuit_call(
+        app: &crate::Api,
+        peer: &str,
+        token: Option<&str>,
+    ) -> axum::http::StatusCode {
+        use tower::ServiceExt as _;
+        let mut req = axum::http::Request::post("/_infermux/providers/echo/circuit/open");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let mut req = req.body(axum::body::Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(crate::Peer(Some(peer.parse().unwrap())));
+        app.clone()
+            .into_router()
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status()
+    }
+
+    fn echo_router() -> infermux::Router {
+        let registry = infermux::Registry::new();
+        registry
+            .register(Arc::new(infermux::EchoProvider::new()))
+            .unwrap();
+        infermux::Router::without_spans(Arc::new(registry))
+    }
+
+    #[tokio::test]
+    async fn without_a_token_only_loopback_clients_change_circuits() {
+        let open = crate::app(echo_router());
+        assert_eq!(circuit_call(&open, "10.1.2.3:5000", None).await, 401);
+        assert_eq!(circuit_call(&open, "[2001:db8::1]:5000", None).await, 401);
+        assert_eq!(circuit_call(&open, "127.0.0.1:5000", None).await, 200);
+        assert_eq!(circuit_call(&open, "[::1]:5000", None).await, 200);
+        assert_eq!(
+            circuit_call(&open, "[::ffff:127.0.0.1]:5000", None).await,
+            200
+        );
+        // With a token, the token decides, from anywhere.
+        let guarded = crate::app_with_token(echo_router(), Some("s3cret-token".into()));
+        assert_eq!(circuit_call(&guarded, "10.1.2.3:5000", None).await, 401);
+        assert_eq!(
+            circuit_call(&guarded, "10.1.2.3:5000", Some("wrong")).await,
+            401
+        );
+        assert_eq!(
+            circuit_call(&guarded, "10.1.2.3:5000", Some("s3cret-token")).await,
+            200
+        );
     }
 }

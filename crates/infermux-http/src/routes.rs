@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use infermux::envelope::{self, Envelope, MessageType};
 use infermux::router::{RequestContext, Routed};
@@ -252,13 +252,20 @@ pub async fn providers(State(state): Shared) -> Response {
 }
 
 /// `GET /_infermux/health`.
-pub async fn health() -> Response {
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    // Draining: load balancers should stop sending traffic here.
+    let (status, body) = if state.shared.closing() {
+        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+    } else {
+        (StatusCode::OK, r#"{"status":"ok"}"#)
+    };
     (
+        status,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        r#"{"status":"ok"}"#,
+        body,
     )
         .into_response()
 }

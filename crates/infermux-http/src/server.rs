@@ -1,12 +1,35 @@
 //! Running the app on a listener, with graceful shutdown.
+//!
+//! Shutdown has two steps. First, for the drain delay, the server keeps
+//! serving (new connections too) while every answer says `Connection:
+//! close` and `/_infermux/health` says `draining` (503), so load balancers
+//! move traffic away and clients on keep-alive connections get their
+//! answer rather than a closed connection. Then it stops accepting, closes
+//! idle connections, and gives in-flight requests the grace period.
+//!
+//! Connections beyond the application's limit
+//! ([`Api::with_max_connections`]) are answered `503 overloaded` and closed,
+//! so a flood of idle or stalled connections cannot use up the process's
+//! file descriptors (and stall the accept loop) for everyone else.
 
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::{Api, front};
+
+/// How a server shuts down.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// After shutdown begins: how long connections are still served (every
+    /// answer with `Connection: close`, health `draining`).
+    pub drain_delay: Duration,
+    /// Then: how long in-flight requests may run.
+    pub grace: Duration,
+}
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting,
 /// lets in-flight requests finish for at most `grace` (idle connections close
@@ -17,20 +40,65 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
+    let options = ServeOptions {
+        drain_delay: Duration::ZERO,
+        grace,
+    };
+    serve_with(listener, app, shutdown, options).await
+}
+
+/// [`serve`], with a drain delay before the listener closes (see the module
+/// documentation).
+pub async fn serve_with(
+    listener: TcpListener,
+    app: impl Into<Api>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
     let app = app.into();
     // Every connection holds a receiver: `closed` resolves when all are gone.
     let (draining, drain) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
+    // The end of the drain delay, once shutdown has begun.
+    let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
+            () = &mut shutdown, if closing.is_none() => {
+                app.shared.start_closing();
+                if !options.drain_delay.is_zero() {
+                    tracing::info!(
+                        drain_delay_ms = options.drain_delay.as_millis() as u64,
+                        "shutting down: still serving, with Connection: close, while health says draining"
+                    );
+                }
+                closing = Some(Box::pin(tokio::time::sleep(options.drain_delay)));
+                continue;
+            }
+            () = async {
+                match closing.as_mut() {
+                    Some(delay) => delay.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => break,
         };
         match accepted {
             Ok((tcp, _)) => {
                 // Small JSON answers must not wait for Nagle's algorithm.
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(front::connection(tcp, app.clone(), drain.clone()));
+                match app.shared.admit() {
+                    Some(slot) => {
+                        let conn = front::connection(tcp, app.clone(), drain.clone());
+                        tokio::spawn(async move {
+                            conn.await;
+                            drop(slot);
+                        });
+                    }
+                    // Dropped (and counted out) when the refusal is written.
+                    None => {
+                        tokio::spawn(refuse(tcp, app.shared.max_connections()));
+                    }
+                }
             }
             // The connection was gone before it was accepted.
             Err(e) if is_connection_error(&e) => {}
@@ -47,11 +115,42 @@ pub async fn serve(
     let _ = draining.send(true);
     tokio::select! {
         () = draining.closed() => Ok(()),
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period elapsed; closing the remaining connections");
+        () = tokio::time::sleep(options.grace) => {
+            tracing::warn!(grace_ms = options.grace.as_millis() as u64, "grace period elapsed; closing the remaining connections");
             Ok(())
         }
     }
+}
+
+/// Answers a connection over the limit with `503 overloaded`, then closes it.
+async fn refuse(mut tcp: TcpStream, max: usize) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // One line per second at most: a flood must not flood the log too.
+    static LAST_LOGGED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_LOGGED.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(
+            max_connections = max,
+            "at the open-connection limit; answering 503 overloaded"
+        );
+    }
+    let body = crate::error::body(&infermux::Error::new(
+        infermux::ErrorKind::Overloaded,
+        format!("the server has {max} connections open, its limit; try again shortly"),
+    ));
+    let mut out = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    let write = async {
+        tcp.write_all(&out).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {
@@ -74,7 +173,7 @@ pub fn serve_per_core(
     threads: usize,
     app: Api,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    grace: Duration,
+    options: ServeOptions,
 ) -> std::io::Result<()> {
     let local = first.local_addr()?;
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -94,14 +193,14 @@ pub fn serve_per_core(
                     rt.block_on(async move {
                         tokio::spawn(timer_anchor());
                         let listener = bind_reuseport(local)?;
-                        serve(listener, app, stopped(stop), grace).await
+                        serve_with(listener, app, stopped(stop), options).await
                     })
                 })?,
         );
     }
     rt.block_on(async {
         tokio::spawn(timer_anchor());
-        serve(first, app, stopped(shutdown), grace).await
+        serve_with(first, app, stopped(shutdown), options).await
     })?;
     for h in handles {
         h.join()

@@ -58,6 +58,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// No such route (HTTP only).
     RouteNotFound,
+    /// The server is at its open-connection limit (HTTP only).
+    Overloaded,
     /// The route exists but not for this method (HTTP only).
     MethodNotAllowed,
 }
@@ -117,6 +119,7 @@ impl ErrorKind {
                 false,
             ),
             ErrorKind::RouteNotFound => (404, G::Unimplemented, "not_found", false, false),
+            ErrorKind::Overloaded => (503, G::Unavailable, "overloaded", false, false),
             ErrorKind::MethodNotAllowed => {
                 (405, G::Unimplemented, "method_not_allowed", false, false)
             }

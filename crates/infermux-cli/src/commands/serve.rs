@@ -51,33 +51,42 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         let _ = stop.send(true);
     });
     let token = std::env::var("INFERMUX_MANAGEMENT_TOKEN").ok();
+    let max_connections = setup::max_connections(args.max_connections);
+    tracing::debug!(max_connections, "open-connection limit");
+    let options = infermux_http::server::ServeOptions {
+        drain_delay: args.drain_delay,
+        grace: args.grace_period,
+    };
     let management_addr = prepared
         .config
         .as_ref()
         .and_then(|c| c.management_listen.clone());
     let app = match management_addr {
-        None => infermux_http::app_with_token(prepared.router(spans), token),
+        None => infermux_http::app_with_token(prepared.router(spans), token)
+            .with_max_connections(max_connections),
         Some(management_addr) => {
             let (api, management) = infermux_http::split_apps(prepared.router(spans), token);
+            let api = api.with_max_connections(max_connections);
             let addr = setup::listen_addr(Some(&management_addr), ":8602")?;
             let listener = rt.block_on(setup::bind(&addr))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(addr = %local, "management endpoints listening");
             let mut stop = stopped.clone();
-            let grace = args.grace_period;
             // On this thread's runtime; it drains with the others.
             rt.spawn(async move {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                if let Err(e) = infermux_http::serve(listener, management, shutdown, grace).await {
+                let served =
+                    infermux_http::server::serve_with(listener, management, shutdown, options);
+                if let Err(e) = served.await {
                     tracing::error!(error = %e, "management server failed");
                 }
             });
             api
         }
     };
-    infermux_http::server::serve_per_core(&rt, first, threads, app, stopped, args.grace_period)
+    infermux_http::server::serve_per_core(&rt, first, threads, app, stopped, options)
         .map_err(|e| format!("server error: {e}"))?;
     if let Some(task) = reporter {
         rt.block_on(task.shutdown(setup::SPAN_FLUSH));
