@@ -67,7 +67,8 @@ pub fn router(
             .with_fallback(c.routing.attempts())
             .with_strategy(c.routing.strategy)
             .with_groups(c.routing.groups.clone())
-            .with_latency_tuning(c.routing.ewma_decay, c.routing.min_samples),
+            .with_latency_tuning(c.routing.ewma_decay, c.routing.min_samples)
+            .with_request_timeout(c.routing.request_timeout),
         None => router,
     }
 }

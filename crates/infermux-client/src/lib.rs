@@ -12,8 +12,9 @@
 //! failure) are retried: at most 3 attempts in all, backing off from 100 ms,
 //! doubling to at most 1 s, with jitter. `NOT_FOUND`, `INVALID_ARGUMENT`,
 //! `DEADLINE_EXCEEDED` and every other code are returned at once. Each call has
-//! a deadline (30 s unless set with [`Client::timeout`]) that covers all attempts
-//! and is sent to the server as `grpc-timeout`, so it bounds the provider call.
+//! a deadline (30 s unless set with [`Client::timeout`]; a stream, which may
+//! run as long as a generation takes, 5 min) that covers all attempts and is
+//! sent to the server as `grpc-timeout`, so it bounds the provider call.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ pub use tonic::{Code, Streaming};
 
 /// The deadline of a call when the caller sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The deadline of a stream (the whole reply) when the caller sets none.
+pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A failed call, with the gRPC code that says why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -113,7 +116,7 @@ pub struct Client {
     inner: InferMuxServiceClient<Channel>,
     retry: RetryPolicy,
     timeout: Duration,
-    stream_timeout: Option<Duration>,
+    stream_timeout: Duration,
 }
 
 impl Client {
@@ -141,7 +144,7 @@ impl Client {
                 .max_encoding_message_size(10 * 1024 * 1024),
             retry: RetryPolicy::default(),
             timeout: DEFAULT_TIMEOUT,
-            stream_timeout: None,
+            stream_timeout: DEFAULT_STREAM_TIMEOUT,
         }
     }
 
@@ -149,7 +152,7 @@ impl Client {
     /// streams too.
     pub fn timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;
-        self.stream_timeout = Some(timeout);
+        self.stream_timeout = timeout;
         self
     }
 
@@ -182,7 +185,7 @@ impl Client {
 
     /// Routes one request.
     pub async fn infer(&self, request: pb::InferRequest) -> Result<pb::InferResponse, ClientError> {
-        self.retrying(Some(self.timeout), |mut client, req| async move {
+        self.retrying(self.timeout, |mut client, req| async move {
             client.infer(req).await.map(tonic::Response::into_inner)
         }, &request)
         .await
@@ -210,7 +213,7 @@ impl Client {
     /// The providers and their models, in registration order.
     pub async fn list_providers(&self) -> Result<Vec<pb::ProviderInfo>, ClientError> {
         self.retrying(
-            Some(self.timeout),
+            self.timeout,
             |mut client, req| async move {
                 client
                     .list_providers(req)
@@ -226,7 +229,7 @@ impl Client {
     /// runs out of attempts, or runs out of time.
     async fn retrying<M, T, F, Fut>(
         &self,
-        timeout: Option<Duration>,
+        timeout: Duration,
         call: F,
         message: &M,
     ) -> Result<T, ClientError>
@@ -235,44 +238,40 @@ impl Client {
         F: Fn(InferMuxServiceClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = Instant::now() + timeout;
         let mut attempt = 1;
         loop {
             let mut req = tonic::Request::new(message.clone());
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let outcome = match remaining {
-                Some(left) if left.is_zero() => Err(deadline_exceeded()),
-                Some(left) => {
-                    req.set_timeout(left);
-                    // The server enforces the deadline; this bounds a server
-                    // that does not answer at all.
-                    tokio::time::timeout(
-                        left + Duration::from_millis(50),
-                        call(self.inner.clone(), req),
-                    )
-                    .await
-                    .unwrap_or_else(|_| Err(deadline_exceeded()))
-                }
-                None => call(self.inner.clone(), req).await,
+            let left = deadline.saturating_duration_since(Instant::now());
+            let outcome = if left.is_zero() {
+                Err(deadline_exceeded())
+            } else {
+                req.set_timeout(left);
+                // The server enforces the deadline; this bounds a server
+                // that does not answer at all.
+                tokio::time::timeout(
+                    left + Duration::from_millis(50),
+                    call(self.inner.clone(), req),
+                )
+                .await
+                .unwrap_or_else(|_| Err(deadline_exceeded()))
             };
             // tonic's channel enforces the same `grpc-timeout` locally and reports
             // its expiry as CANCELLED; past our deadline, that is DEADLINE_EXCEEDED.
-            let outcome = outcome.map_err(|s| match deadline {
-                Some(d) if s.code() == Code::Cancelled && Instant::now() >= d => {
+            let outcome = outcome.map_err(|s| {
+                if s.code() == Code::Cancelled && Instant::now() >= deadline {
                     deadline_exceeded()
+                } else {
+                    s
                 }
-                _ => s,
             });
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(s) if s.code() == Code::Unavailable && attempt < self.retry.max_attempts => {
-                    let mut wait = self.retry.backoff(attempt);
-                    if let Some(d) = deadline {
-                        let left = d.saturating_duration_since(Instant::now());
-                        if left <= wait {
-                            return Err(s.into());
-                        }
-                        wait = wait.min(left);
+                    let wait = self.retry.backoff(attempt);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left <= wait {
+                        return Err(s.into());
                     }
                     tokio::time::sleep(wait).await;
                     attempt += 1;

@@ -5,7 +5,9 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use infermux::{Error, ErrorKind, MAX_MESSAGE_SIZE, TraceContext};
+use std::time::Duration;
+
+use infermux::{Error, ErrorKind, MAX_MESSAGE_SIZE, RequestContext, TraceContext};
 
 use crate::error::ApiError;
 
@@ -127,20 +129,49 @@ async fn drain(mut body: Body) {
     }
 }
 
-/// The caller's W3C trace context, from the `traceparent` header if valid.
+/// What the caller's headers say about its call: its W3C trace context
+/// (`traceparent`, if valid) and its deadline (`X-Infermux-Timeout`).
 #[derive(Debug, Clone, Copy)]
-pub struct Traceparent(pub Option<TraceContext>);
+pub struct Caller(pub RequestContext);
 
-impl<S: Send + Sync> FromRequestParts<S> for Traceparent {
-    type Rejection = std::convert::Infallible;
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Traceparent(
-            parts
+        let timeout = parts
+            .headers
+            .get(TIMEOUT_HEADER)
+            .map(|v| timeout(v.as_bytes()))
+            .transpose()?;
+        Ok(Caller(RequestContext {
+            trace: parts
                 .headers
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .and_then(TraceContext::from_traceparent),
-        ))
+            timeout,
+        }))
+    }
+}
+
+/// The header a caller sets its deadline with.
+pub(crate) const TIMEOUT_HEADER: &str = "x-infermux-timeout";
+
+/// An `X-Infermux-Timeout` value: a duration (`30s`, `1500ms`, `2m`) or a
+/// bare number of seconds, more than zero.
+pub(crate) fn timeout(value: &[u8]) -> Result<Duration, ApiError> {
+    let bad = |why: &str| {
+        ApiError(Error::invalid(format!(
+            "X-Infermux-Timeout: {why} (give a duration such as 30s or 1500ms)"
+        )))
+    };
+    let text = std::str::from_utf8(value).map_err(|_| bad("not text"))?;
+    match infermux::config::parse_duration(text.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(bad("must be more than 0")),
+        Err(_) => Err(bad(&format!(
+            "\"{}\" is not a duration",
+            infermux::validate::truncate(text, 32)
+        ))),
     }
 }

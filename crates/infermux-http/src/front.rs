@@ -29,7 +29,7 @@ use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use infermux::{MAX_MESSAGE_SIZE, TraceContext};
+use infermux::{MAX_MESSAGE_SIZE, RequestContext, TraceContext};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -49,6 +49,9 @@ const MAX_AHEAD: usize = 64 * 1024;
 /// closed (hyper's header read timeout, on the connections it serves, covers
 /// both the same way).
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write may wait for a client that reads nothing (a full
+/// socket) before the connection is closed, on either path.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The routes answered here.
 #[derive(Debug, Clone, Copy)]
@@ -65,9 +68,11 @@ struct Head {
     body_len: usize,
     /// `Connection: close`: the connection ends after the answer.
     close: bool,
-    /// A refused `Content-Type`, answered once the body is read.
-    content_type: Result<(), ApiError>,
-    trace: Option<TraceContext>,
+    /// A refused `Content-Type` or `X-Infermux-Timeout`, answered once the
+    /// body is read.
+    refused: Result<(), ApiError>,
+    /// The caller's trace and deadline.
+    ctx: RequestContext,
 }
 
 enum Parsed {
@@ -150,7 +155,7 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
         }
         let body = conn.buf.split_to(total).freeze().slice(head.head_len..);
         let Some(answer) = conn
-            .call(&state, head.route, head.content_type, head.trace, body)
+            .call(&state, head.route, head.refused, head.ctx, body)
             .await
         else {
             return; // the client went away: its call is dropped, so cancelled
@@ -198,6 +203,7 @@ fn parse(buf: &[u8]) -> Parsed {
     let mut close = false;
     let mut content_type = None;
     let mut trace = None;
+    let mut timeout = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -215,6 +221,8 @@ fn parse(buf: &[u8]) -> Parsed {
             trace = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(TraceContext::from_traceparent);
+        } else if name.eq_ignore_ascii_case(extract::TIMEOUT_HEADER) {
+            timeout = Some(extract::timeout(h.value));
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -231,14 +239,23 @@ fn parse(buf: &[u8]) -> Parsed {
             return Parsed::Theirs;
         }
     }
+    let timeout = timeout.transpose();
+    let refused = match (extract::check_content_type(content_type), &timeout) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(ApiError(e.0.clone())),
+        (Ok(()), Ok(_)) => Ok(()),
+    };
     match body_len {
         Some(body_len) if body_len <= MAX_MESSAGE_SIZE => Parsed::Ours(Head {
             route,
             head_len,
             body_len,
             close,
-            content_type: extract::check_content_type(content_type),
-            trace,
+            refused,
+            ctx: RequestContext {
+                trace,
+                timeout: timeout.ok().flatten(),
+            },
         }),
         // No length (an empty body to hyper) or over the limit (a 413 there).
         _ => Parsed::Theirs,
@@ -287,16 +304,16 @@ impl Conn {
         &mut self,
         state: &Arc<AppState>,
         route: Route,
-        content_type: Result<(), ApiError>,
-        trace: Option<TraceContext>,
+        refused: Result<(), ApiError>,
+        ctx: RequestContext,
         body: Bytes,
     ) -> Option<Answer> {
         let handler = async move {
-            content_type?;
+            refused?;
             match route {
-                Route::ChatCompletions => openai::completions(state, trace, body).await,
-                Route::Infer => routes::infer_body(state, trace, body).await,
-                Route::Mist => routes::mist_body(state, trace, body).await,
+                Route::ChatCompletions => openai::completions(state, ctx, body).await,
+                Route::Infer => routes::infer_body(state, ctx, body).await,
+                Route::Mist => routes::mist_body(state, ctx, body).await,
             }
         };
         // Boxed: the call's future is a few KB, and moving it into the
@@ -328,7 +345,7 @@ impl Conn {
         });
         end_head(out, close, answer.body.len());
         out.extend_from_slice(&answer.body);
-        self.tcp.write_all(out).await
+        write_out(&mut self.tcp, out).await
     }
 
     /// Writes `resp`: sized bodies with their head in one write, others
@@ -344,7 +361,7 @@ impl Conn {
                     self.out.extend_from_slice(&data);
                 }
             }
-            return self.tcp.write_all(&self.out).await;
+            return write_out(&mut self.tcp, &self.out).await;
         }
         date_and_close(&mut self.out, close);
         self.out
@@ -363,7 +380,7 @@ impl Conn {
                 Some(frame) => frame,
                 None => {
                     if std::mem::take(&mut head_pending) {
-                        self.tcp.write_all(&self.out).await?;
+                        write_out(&mut self.tcp, &self.out).await?;
                         self.out.clear();
                     }
                     tokio::select! {
@@ -378,7 +395,7 @@ impl Conn {
             match frame {
                 None => {
                     self.out.extend_from_slice(b"0\r\n\r\n");
-                    return self.tcp.write_all(&self.out).await;
+                    return write_out(&mut self.tcp, &self.out).await;
                 }
                 Some(frame) => match frame.map_err(io::Error::other)?.into_data() {
                     Ok(data) if !data.is_empty() => {
@@ -386,13 +403,33 @@ impl Conn {
                         self.out.extend_from_slice(b"\r\n");
                         self.out.extend_from_slice(&data);
                         self.out.extend_from_slice(b"\r\n");
-                        self.tcp.write_all(&self.out).await?;
+                        write_out(&mut self.tcp, &self.out).await?;
                         self.out.clear();
                         head_pending = false;
                     }
                     _ => {}
                 },
             }
+        }
+    }
+}
+
+/// Writes `out` whole; a client that takes none of it for
+/// [`WRITE_TIMEOUT`] (it stopped reading a stream, say) fails the write, and
+/// its connection is closed. The timer is set only when the socket is full.
+async fn write_out(tcp: &mut TcpStream, out: &[u8]) -> io::Result<()> {
+    let mut write = std::pin::pin!(tcp.write_all(out));
+    if let Some(done) = (&mut write).now_or_never() {
+        return done;
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(done) => done,
+        Err(_) => {
+            tracing::debug!(
+                timeout_s = WRITE_TIMEOUT.as_secs(),
+                "a client read nothing of its answer in time; closing its connection"
+            );
+            Err(io::ErrorKind::TimedOut.into())
         }
     }
 }
@@ -512,6 +549,7 @@ async fn fallback(
     let io = TokioIo::new(Rewind {
         prefix: read.freeze(),
         tcp,
+        stalled: None,
     });
     // A body that has not arrived whole READ_TIMEOUT after its head fires
     // this; the connection is then closed, as the front closes one.
@@ -600,10 +638,27 @@ impl http_body::Body for Deadline {
 }
 
 /// A connection whose first bytes were already read: they are read again
-/// first.
+/// first. Its writes fail once the client has taken nothing for
+/// [`WRITE_TIMEOUT`].
 struct Rewind {
     prefix: Bytes,
     tcp: TcpStream,
+    /// Set while a write waits for room.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Rewind {
+    /// What a pending write means: still waiting, or (past the deadline)
+    /// an error that ends the connection.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for Rewind {
@@ -629,7 +684,14 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        match Pin::new(&mut this.tcp).poll_write(cx, buf) {
+            Poll::Pending => this.stall(cx),
+            done => {
+                this.stalled = None;
+                done
+            }
+        }
     }
 
     fn poll_write_vectored(
@@ -637,7 +699,14 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        match Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.stall(cx),
+            done => {
+                this.stalled = None;
+                done
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -679,13 +748,13 @@ mod tests {
         assert_eq!(head.head_len, raw.len() - 2);
         assert_eq!(head.body_len, 2);
         assert!(head.close);
-        assert!(head.content_type.is_ok());
-        assert!(head.trace.is_some());
+        assert!(head.refused.is_ok());
+        assert!(head.ctx.trace.is_some());
         let head =
             ours("POST /infer HTTP/1.1\r\ncontent-length: 0\r\ncontent-type: text/plain\r\n\r\n");
         assert!(matches!(head.route, Route::Infer));
         assert!(!head.close);
-        assert!(head.content_type.is_err());
+        assert!(head.refused.is_err());
         assert!(matches!(
             ours("POST /mist HTTP/1.1\r\ncontent-length: 10\r\n\r\n").route,
             Route::Mist

@@ -17,13 +17,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use infermux::router::RequestContext;
 use infermux::trace::Id128;
-use infermux::{ChatMessage, Error, InferRequest, Params, Role, TraceContext, json};
+use infermux::{ChatMessage, Error, InferRequest, Params, Role, json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{JsonBytes, Traceparent};
+use crate::extract::{Caller, JsonBytes};
 use crate::routes::{Answer, decimal, json_response};
 
 /// A chat completion request, as OpenAI defines it.
@@ -470,25 +470,21 @@ fn completion_id() -> String {
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    Traceparent(trace): Traceparent,
+    Caller(ctx): Caller,
     JsonBytes(body): JsonBytes,
 ) -> Result<Answer, ApiError> {
-    completions(&state, trace, body).await
+    completions(&state, ctx, body).await
 }
 
 /// `POST /v1/chat/completions` once its body is read (the connection front
 /// calls this directly).
 pub(crate) async fn completions(
     state: &Arc<AppState>,
-    trace: Option<TraceContext>,
+    ctx: RequestContext,
     body: Bytes,
 ) -> Result<Answer, ApiError> {
     let parsed: ChatCompletionRequest = json::from_slice(&body)?;
     let (req, stream, include_usage) = parsed.into_core()?;
-    let ctx = RequestContext {
-        trace,
-        timeout: None,
-    };
     if stream {
         return stream_completion(state, req, ctx, include_usage)
             .await
@@ -816,7 +812,7 @@ struct EmbeddingUsage {
 /// official SDKs ask for that by default).
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
-    Traceparent(trace): Traceparent,
+    Caller(ctx): Caller,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
     use base64::Engine;
@@ -845,10 +841,6 @@ pub async fn embeddings(
         provider: parsed.provider,
         input,
         extra: (!parsed.extra.is_empty()).then(|| Arc::new(parsed.extra)),
-    };
-    let ctx = RequestContext {
-        trace,
-        timeout: None,
     };
     let (resp, upstream_model) = state.router.embed(&req, &ctx).await?;
     let data = resp

@@ -13,28 +13,28 @@ use serde::Serialize;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{JsonBytes, Traceparent};
+use crate::extract::{Caller, JsonBytes};
 
 type Shared = State<Arc<AppState>>;
 
 /// `POST /infer`: a bare `InferRequest` in, a bare `InferResponse` out.
 pub async fn infer(
     State(state): Shared,
-    Traceparent(trace): Traceparent,
+    Caller(ctx): Caller,
     JsonBytes(body): JsonBytes,
 ) -> Result<Answer, ApiError> {
-    infer_body(&state, trace, body).await
+    infer_body(&state, ctx, body).await
 }
 
 /// `POST /infer` once its body is read (the connection front calls this
 /// directly).
 pub(crate) async fn infer_body(
     state: &AppState,
-    trace: Option<TraceContext>,
+    ctx: RequestContext,
     body: bytes::Bytes,
 ) -> Result<Answer, ApiError> {
     let req: InferRequest = json::from_slice(&body)?;
-    let routed = state.router.call(&req, &ctx(trace)).await?;
+    let routed = state.router.call(&req, &ctx).await?;
     let body = json::to_vec(&routed.response)
         .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
     Ok(json_response(body, routed))
@@ -45,36 +45,32 @@ pub(crate) async fn infer_body(
 /// `meta.traceparent`).
 pub async fn mist(
     State(state): Shared,
-    Traceparent(trace): Traceparent,
+    Caller(ctx): Caller,
     JsonBytes(body): JsonBytes,
 ) -> Result<Answer, ApiError> {
-    mist_body(&state, trace, body).await
+    mist_body(&state, ctx, body).await
 }
 
 /// `POST /mist` once its body is read (the connection front calls this
 /// directly).
 pub(crate) async fn mist_body(
     state: &AppState,
-    trace: Option<TraceContext>,
+    ctx: RequestContext,
     body: bytes::Bytes,
 ) -> Result<Answer, ApiError> {
     let message = Envelope::decode(&body, MessageType::InferRequest)?;
     let req: InferRequest = message.payload_as()?;
-    let trace = trace.or_else(|| {
-        req.meta
-            .get("traceparent")
-            .and_then(|v| TraceContext::from_traceparent(v))
-    });
-    let routed = state.router.call(&req, &ctx(trace)).await?;
+    let ctx = RequestContext {
+        trace: ctx.trace.or_else(|| {
+            req.meta
+                .get("traceparent")
+                .and_then(|v| TraceContext::from_traceparent(v))
+        }),
+        ..ctx
+    };
+    let routed = state.router.call(&req, &ctx).await?;
     let body = envelope::encode("infermux", MessageType::InferResponse, &routed.response)?;
     Ok(json_response(body, routed))
-}
-
-fn ctx(trace: Option<TraceContext>) -> RequestContext {
-    RequestContext {
-        trace,
-        timeout: None,
-    }
 }
 
 static PROVIDER: HeaderName = HeaderName::from_static("x-infermux-provider");

@@ -249,3 +249,133 @@ async fn during_the_drain_delay_keep_alive_clients_get_answers_that_close() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn x_infermux_timeout_bounds_the_call_on_both_paths() {
+    let registry = Registry::new();
+    registry
+        .register(Arc::new(
+            EchoProvider::new().with_delay(Duration::from_secs(3)),
+        ))
+        .unwrap();
+    let api = infermux_http::app(Router::without_spans(Arc::new(registry)));
+    let (addr, _stop) = start(api, options()).await;
+    let sized = |timeout: &str| {
+        format!(
+            "POST /infer HTTP/1.1\r\nhost: x\r\nx-infermux-timeout: {timeout}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{INFER}",
+            INFER.len()
+        )
+    };
+    // A chunked body takes hyper's path.
+    let chunked = |timeout: &str| {
+        format!(
+            "POST /infer HTTP/1.1\r\nhost: x\r\nx-infermux-timeout: {timeout}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{INFER}\r\n0\r\n\r\n",
+            INFER.len()
+        )
+    };
+    for raw in [sized("200ms"), chunked("200ms")] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        tcp.write_all(raw.as_bytes()).await.unwrap();
+        let (head, body) = answer(&mut tcp).await.unwrap();
+        assert!(head.starts_with("http/1.1 504"), "{head}");
+        assert!(body.contains("upstream_timeout"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    for raw in [sized("soon"), chunked("0s")] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(raw.as_bytes()).await.unwrap();
+        let (head, body) = answer(&mut tcp).await.unwrap();
+        assert!(head.starts_with("http/1.1 400"), "{head}");
+        assert!(body.contains("X-Infermux-Timeout"), "{body}");
+    }
+}
+
+/// A provider whose stream never ends (a chunk of text, always ready);
+/// `dropped` turns true when its stream is dropped.
+struct Endless {
+    models: Vec<String>,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct Flag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl infermux::Provider for Endless {
+    fn name(&self) -> &str {
+        "endless"
+    }
+    fn models(&self) -> &[String] {
+        &self.models
+    }
+    async fn infer(
+        &self,
+        _: &infermux::CallContext<'_>,
+        _: &infermux::InferRequest,
+    ) -> Result<infermux::InferResponse, infermux::ProviderError> {
+        Err(infermux::ProviderError::Internal("streams only".into()))
+    }
+    async fn infer_stream(
+        &self,
+        _: &infermux::CallContext<'_>,
+        _: &infermux::InferRequest,
+    ) -> Result<infermux::ChunkStream, infermux::ProviderError> {
+        let flag = Flag(self.dropped.clone());
+        Ok(Box::pin(futures_util::stream::repeat_with(move || {
+            let _ = &flag;
+            Ok(infermux::InferChunk {
+                delta: "x".repeat(4096),
+                ..Default::default()
+            })
+        })))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_a_stream_is_dropped_after_30_s() {
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"go"}]}"#;
+    let sized = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let chunked = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    for raw in [sized, chunked] {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let registry = Registry::new();
+        registry
+            .register(Arc::new(Endless {
+                models: vec!["m".into()],
+                dropped: dropped.clone(),
+            }))
+            .unwrap();
+        let api = infermux_http::app(Router::without_spans(Arc::new(registry)));
+        let (addr, _stop) = start(api, options()).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(raw.as_bytes()).await.unwrap();
+        // Read nothing: the server fills the socket, then waits for room.
+        let started = tokio::time::Instant::now();
+        while !dropped.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "the stalled stream was still being written after 40 s"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            started.elapsed() >= Duration::from_secs(29),
+            "{:?}",
+            started.elapsed()
+        );
+        // What was written is there, then the end.
+        assert!(closed(&mut tcp, Duration::from_secs(60)).await);
+    }
+}

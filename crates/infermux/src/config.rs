@@ -214,6 +214,9 @@ pub struct RoutingConfig {
     pub min_samples: u32,
     /// Models routed their own way.
     pub groups: Vec<crate::router::RouteGroup>,
+    /// How long a call may take in all, fallback included, when the caller
+    /// sets no deadline (`X-Infermux-Timeout`, `grpc-timeout`).
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for RoutingConfig {
@@ -225,6 +228,7 @@ impl Default for RoutingConfig {
             ewma_decay: 0.3,
             min_samples: 5,
             groups: Vec::new(),
+            request_timeout: None,
         }
     }
 }
@@ -252,12 +256,21 @@ pub struct Config {
     /// Serve `/_infermux/*` (but `health`) here instead of on `listen`.
     pub management_listen: Option<String>,
     pub tokentrace: Option<String>,
+    /// Serve HTTPS (and gRPC over TLS) with this certificate.
+    pub tls: Option<TlsConfig>,
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
     /// Provider name → model name the provider receives → price.
     pub pricing: BTreeMap<String, BTreeMap<String, Price>>,
     /// Unknown fields, by path (errors under `strict`, warnings otherwise).
     pub warnings: Vec<String>,
+}
+
+/// A listener's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 // ---- stage 1: raw structs -------------------------------------------------
@@ -268,12 +281,19 @@ struct RawConfig {
     grpc_listen: Option<String>,
     management_listen: Option<String>,
     tokentrace: Option<String>,
+    tls: Option<RawTls>,
     #[serde(default)]
     providers: Vec<RawProvider>,
     routing: Option<RawRouting>,
     #[serde(default)]
     pricing: BTreeMap<String, BTreeMap<String, Price>>,
     circuit_breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +348,7 @@ struct RawRouting {
     max_attempts: Option<i64>,
     ewma_decay: Option<f64>,
     min_samples: Option<i64>,
+    request_timeout: Option<String>,
     #[serde(default)]
     groups: Vec<RawGroup>,
 }
@@ -925,6 +946,13 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
                 "routing.min_samples: {n} must be a whole number from 0 to 1000000"
             )),
         }
+        if let Some(t) = &r.request_timeout {
+            match parse_duration(t) {
+                Ok(d) if !d.is_zero() => routing.request_timeout = Some(d),
+                Ok(_) => errors.push("routing.request_timeout: must be more than 0".to_owned()),
+                Err(e) => errors.push(format!("routing.request_timeout: {e}")),
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, g) in r.groups.into_iter().enumerate() {
             let at = format!("routing.groups[{i}]");
@@ -1009,11 +1037,28 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
         _ => None,
     };
 
+    let tls = raw.tls.and_then(|t| {
+        let mut path = |field: &str, v: Option<String>| match v.as_deref().map(str::trim) {
+            Some(p) if !p.is_empty() => Some(std::path::PathBuf::from(p)),
+            _ => {
+                errors.push(format!("tls.{field}: missing (a PEM file)"));
+                None
+            }
+        };
+        let cert = path("cert", t.cert);
+        let key = path("key", t.key);
+        Some(TlsConfig {
+            cert: cert?,
+            key: key?,
+        })
+    });
+
     Config {
         listen,
         grpc_listen,
         management_listen,
         tokentrace,
+        tls,
         providers,
         routing,
         pricing: raw.pricing,
@@ -1063,6 +1108,18 @@ pricing:                         # USD per million tokens; overrides the built-i
     }
 
     #[test]
+    fn request_timeout_and_tls_are_read() {
+        let text = "routing: {request_timeout: 90s}\ntls: {cert: /etc/infermux/cert.pem, key: /etc/infermux/key.pem}\n";
+        let c = Config::parse(text, &env(&[]), true).unwrap();
+        assert_eq!(c.routing.request_timeout, Some(Duration::from_secs(90)));
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, std::path::Path::new("/etc/infermux/cert.pem"));
+        assert_eq!(tls.key, std::path::Path::new("/etc/infermux/key.pem"));
+        let c = Config::parse("providers: []\n", &env(&[]), true).unwrap();
+        assert_eq!((c.routing.request_timeout, c.tls), (None, None));
+    }
+
+    #[test]
     fn the_spec_example_loads() {
         let e = env(&[("OPENAI_API_KEY", "sk-1"), ("ANTHROPIC_API_KEY", "ak-2")]);
         let c = Config::parse(SPEC_EXAMPLE, &e, true).unwrap();
@@ -1088,7 +1145,8 @@ pricing:                         # USD per million tokens; overrides the built-i
                 max_attempts: 3,
                 ewma_decay: 0.3,
                 min_samples: 5,
-                groups: Vec::new()
+                groups: Vec::new(),
+                request_timeout: None,
             }
         );
         assert_eq!(c.pricing["openai"]["gpt-4o"].output_per_million, 10.0);
@@ -1156,6 +1214,8 @@ providers:
 routing:
   strategy: fastest
   max_attempts: 0
+  request_timeout: 0s
+tls: {cert: cert.pem}
 pricing:
   nobody: {m: {input_per_million: -1, output_per_million: 1}}
 "#;
@@ -1171,6 +1231,8 @@ pricing:
             "providers[4].base_url: \"ftp://example.com\": the scheme must be http or https",
             "routing.strategy: unknown strategy \"fastest\"",
             "routing.max_attempts: 0 is not between 1 and 100",
+            "routing.request_timeout: must be more than 0",
+            "tls.key: missing (a PEM file)",
             "pricing.nobody: no provider is named \"nobody\"",
             "pricing.nobody.m.input_per_million: -1 must be a number ≥ 0",
         ];

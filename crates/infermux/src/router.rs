@@ -88,6 +88,8 @@ pub struct Router {
     next: Arc<std::sync::atomic::AtomicUsize>,
     /// Model → the route group it belongs to.
     groups: Arc<std::collections::HashMap<String, Arc<RouteGroup>>>,
+    /// The whole call's deadline when the caller sets none.
+    request_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Router {
@@ -114,6 +116,22 @@ impl Router {
             min_samples: 5,
             next: Arc::default(),
             groups: Arc::default(),
+            request_timeout: None,
+        }
+    }
+
+    /// The same router bounding every call, fallback included, by `timeout`
+    /// when its caller gives no deadline of its own (504 when it elapses).
+    pub fn with_request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// `ctx` with the default deadline when it has none.
+    fn deadline_of(&self, ctx: &RequestContext) -> RequestContext {
+        RequestContext {
+            trace: ctx.trace,
+            timeout: ctx.timeout.or(self.request_timeout),
         }
     }
 
@@ -215,6 +233,7 @@ impl Router {
     /// the caller's deadline, and reports exactly one span, whatever happens
     /// (a call dropped by its caller reports a `cancelled` error span).
     pub async fn call(&self, req: &InferRequest, ctx: &RequestContext) -> Result<Routed, Error> {
+        let ctx = &self.deadline_of(ctx);
         let mut span = PendingSpan::start(Sink::Borrowed(&*self.spans), ctx, &req.model);
         let result = self.call_inner(req, ctx, &mut span).await;
         match &result {
@@ -330,6 +349,7 @@ impl Router {
         req: &EmbedRequest,
         ctx: &RequestContext,
     ) -> Result<(EmbedResponse, Arc<str>), Error> {
+        let ctx = &self.deadline_of(ctx);
         let mut span = PendingSpan::start(Sink::Borrowed(&*self.spans), ctx, &req.model);
         let result = async {
             if req.input.is_empty() {
@@ -374,6 +394,7 @@ impl Router {
         req: &InferRequest,
         ctx: &RequestContext,
     ) -> Result<RoutedStream, Error> {
+        let ctx = &self.deadline_of(ctx);
         let mut span = PendingSpan::start(Sink::Shared(self.spans.clone()), ctx, &req.model);
         let deadline = ctx.timeout.map(|t| Instant::now() + t);
         // Fallback is possible until the first chunk: each attempt opens the
@@ -1092,6 +1113,53 @@ mod tests {
         assert_eq!(calls.started(), 1);
         assert_eq!(calls.cancelled(), 1, "the provider future was dropped");
         assert_eq!(sink.spans()[0].attrs.error_code, Some("upstream_timeout"));
+    }
+
+    // Real time: the span measures deadlines with the system clock.
+    #[tokio::test]
+    async fn the_default_request_timeout_bounds_the_whole_call_fallback_included() {
+        // Two providers of `s`, each failing (retryably) after 150 ms: with
+        // a 250 ms request timeout the second attempt is cut off.
+        let failing = |name: &str| {
+            Arc::new(FakeProvider::new(name, &["s"]).then(Step::Sleep(
+                Duration::from_millis(150),
+                Box::new(Step::Fail(ProviderError::Unavailable("down".into()))),
+            )))
+        };
+        let (a, b) = (failing("a"), failing("b"));
+        let (calls_a, calls_b) = (a.calls(), b.calls());
+        let registry = Registry::new();
+        registry.register(a).unwrap();
+        registry.register(b).unwrap();
+        let router = Router::without_spans(Arc::new(registry))
+            .with_request_timeout(Some(Duration::from_millis(250)));
+        let started = tokio::time::Instant::now();
+        let e = router
+            .call(&InferRequest::prompt("s", "x"), &RequestContext::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(240) && took < Duration::from_millis(290),
+            "{took:?}"
+        );
+        assert_eq!((calls_a.started(), calls_b.started()), (1, 1));
+        assert_eq!(calls_b.cancelled(), 1);
+        // A caller's own deadline wins over the default, longer or shorter.
+        let ctx = RequestContext {
+            trace: None,
+            timeout: Some(Duration::from_secs(1)),
+        };
+        let e = router
+            .call(&InferRequest::prompt("s", "x"), &ctx)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::Upstream,
+            "both failed within the deadline: {e}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
