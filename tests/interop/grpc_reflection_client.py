@@ -2,7 +2,8 @@
 `infermux serve-grpc` through server reflection alone (no .proto file), the way
 grpcurl does, then calls it.
 
-Usage: python grpc_reflection_client.py HOST:PORT
+Usage: python grpc_reflection_client.py HOST:PORT [CA.pem]
+With CA.pem, the channel is TLS, trusting that certificate authority.
 Prints one line per check; exits non-zero on the first failure.
 """
 
@@ -25,8 +26,13 @@ def check(cond, what):
     print(f"ok   {what}")
 
 
-def main(target):
-    channel = grpc.insecure_channel(target)
+def main(target, ca=None):
+    if ca is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        with open(ca, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        channel = grpc.secure_channel(target, credentials)
     grpc.channel_ready_future(channel).result(timeout=10)
 
     db = ProtoReflectionDescriptorDatabase(channel)
@@ -111,4 +117,7 @@ def main(target):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:8601")
+    main(
+        sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:8601",
+        sys.argv[2] if len(sys.argv) > 2 else None,
+    )

@@ -169,6 +169,44 @@ impl Prepared {
     pub fn router(&self, spans: Arc<dyn SpanSink>) -> Router {
         router(self.config.as_ref(), self.registry.clone(), spans)
     }
+
+    /// The TLS acceptor the config asks for (`tls: {cert, key}`), offering
+    /// the protocols `alpn` by ALPN; none without `tls`.
+    pub fn tls(&self, alpn: &[&[u8]]) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+        match self.config.as_ref().and_then(|c| c.tls.as_ref()) {
+            None => Ok(None),
+            Some(tls) => tls_acceptor(tls, alpn).map(Some),
+        }
+    }
+}
+
+/// A TLS acceptor with the certificate chain and key of `tls` (PEM files);
+/// errors name the file and what is wrong with it.
+pub fn tls_acceptor(
+    tls: &infermux::config::TlsConfig,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = (&tls.cert, &tls.key);
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls.cert {}: no certificate in the file",
+            cert.display()
+        ));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls.key {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls: the certificate and key do not go together: {e}"))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Runs one server on a multi-threaded runtime: builds the span reporter and
@@ -182,16 +220,18 @@ pub fn run_server<F, Fut>(
     serve: F,
 ) -> Result<ExitCode, String>
 where
-    F: FnOnce(tokio::net::TcpListener, Router) -> Fut,
+    F: FnOnce(tokio::net::TcpListener, Router, Option<tokio_rustls::TlsAcceptor>) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<()>>,
 {
     let prepared = Prepared::new(args, listen, default_addr)?;
+    // The gRPC server's one protocol.
+    let tls = prepared.tls(&[b"h2"])?;
     runtime()?.block_on(async move {
         let (spans, reporter) = spans(prepared.tokentrace.as_deref())?;
         prepared.spawn_health_checks();
         let listener = bind(&prepared.addr).await?;
         prepared.log_listening(kind, listener.local_addr().map_err(|e| e.to_string())?);
-        serve(listener, prepared.router(spans))
+        serve(listener, prepared.router(spans), tls)
             .await
             .map_err(|e| format!("server error: {e}"))?;
         if let Some(task) = reporter {

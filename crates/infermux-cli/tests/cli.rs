@@ -387,6 +387,10 @@ fn openai_python_sdk_works_through_every_provider_shape() {
 
 /// Runs one of `tests/interop/*.py` against `target`; it must pass every check.
 fn run_interop(script: &str, target: &str) {
+    run_interop_with(script, &[target]);
+}
+
+fn run_interop_with(script: &str, args: &[&str]) {
     let python = interop_python();
     let script = format!(
         "{}/../../tests/interop/{script}",
@@ -394,7 +398,7 @@ fn run_interop(script: &str, target: &str) {
     );
     let out = Command::new(python)
         .arg(&script)
-        .arg(target)
+        .args(args)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -691,4 +695,105 @@ fn serve_keeps_serving_through_its_drain_delay_with_health_draining() {
     // Still routing during the delay.
     assert_eq!(post_infer(&served.addr)["content"], "echo: Hello");
     assert_eq!(served.terminate(), 0);
+}
+
+/// A certificate authority and a server certificate for `localhost` and
+/// 127.0.0.1 it signed, written as PEM files into `dir`: (ca, cert, key).
+fn tls_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Distinct names: a leaf named like its issuer looks self-signed.
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "infermux test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn both_servers_speak_tls_to_real_tls_clients() {
+    let dir = std::env::temp_dir().join(format!("infermux-tls-{}", std::process::id()));
+    let (ca, cert, key) = tls_files(&dir);
+    let config = dir.join("tls.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "providers:\n  - name: echo\n    type: echo\n    models: [echo-v1]\ntls: {{cert: \"{}\", key: \"{}\"}}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    // HTTPS: reqwest (rustls) trusting only our authority.
+    let mut served = Served::start(&["--addr", "127.0.0.1:0", "--config", config], &[]);
+    let port = served.addr.rsplit(':').next().unwrap().to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+        let client = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .unwrap();
+        let resp = client
+            .post(format!("https://localhost:{port}/infer"))
+            .json(&serde_json::json!({"model": "echo-v1", "messages": [{"role": "user", "content": "Hello"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["content"], "echo: Hello");
+        // Plain HTTP to the TLS port gets no HTTP answer.
+        let plain = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/_infermux/health"))
+            .send()
+            .await;
+        assert!(plain.is_err(), "{plain:?}");
+    });
+    drop(rt);
+    assert_eq!(served.terminate(), 0);
+
+    // gRPC over TLS: the official Python client, reflection, every method, health.
+    let mut served = Served::start_command(
+        "serve-grpc",
+        &["--addr", "127.0.0.1:0", "--config", config],
+        &[],
+    );
+    let port = served.addr.rsplit(':').next().unwrap().to_owned();
+    run_interop_with(
+        "grpc_reflection_client.py",
+        &[&format!("localhost:{port}"), ca.to_str().unwrap()],
+    );
+    assert_eq!(served.terminate(), 0);
+
+    // A key file that is missing is a one-line error naming it.
+    std::fs::remove_file(&key).unwrap();
+    let (code, _, err) = run(&["serve", "--addr", "127.0.0.1:0", "--config", config]);
+    assert_ne!(code, 0);
+    assert!(err.contains("tls.key") && err.contains("key.pem"), "{err}");
 }

@@ -24,8 +24,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::rpclog::RpcLogLayer;
 use crate::service::InferMuxGrpc;
 
-/// How the server keeps connections alive and drains.
-#[derive(Debug, Clone)]
+/// How the server keeps connections alive and drains, and whether it
+/// speaks TLS.
+#[derive(Clone)]
 pub struct ServerOptions {
     /// The server pings each connection this often; 0 turns pings off.
     pub keepalive_interval: Duration,
@@ -36,6 +37,20 @@ pub struct ServerOptions {
     pub drain_delay: Duration,
     /// Then: how long in-flight RPCs may run before connections are dropped.
     pub grace: Duration,
+    /// gRPC over TLS: every connection starts with a handshake (ALPN `h2`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("drain_delay", &self.drain_delay)
+            .field("grace", &self.grace)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Default for ServerOptions {
@@ -45,6 +60,7 @@ impl Default for ServerOptions {
             keepalive_timeout: Duration::from_secs(20),
             drain_delay: Duration::ZERO,
             grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -118,11 +134,28 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = http2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
-                let conn = graceful.watch(conn);
-                // Tracked by `graceful`, which waits for it on shutdown.
+                let service = TowerToHyperService::new(service.clone());
+                let Some(tls) = options.tls.clone() else {
+                    let conn = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
+                    // Tracked by `graceful`, which waits for it on shutdown.
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                };
+                // The handshake in the connection's task, not in the accept loop.
+                let watcher = graceful.watcher();
+                let http2 = http2.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let stream = match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!("TLS handshake did not finish in time"),
+                    };
+                    let conn = http2.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -142,6 +175,9 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Completes when `sleep` does; never when there is none.
 async fn until(sleep: Option<&mut std::pin::Pin<Box<tokio::time::Sleep>>>) {

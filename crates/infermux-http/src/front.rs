@@ -543,9 +543,50 @@ async fn fallback(
     tcp: TcpStream,
     read: BytesMut,
     router: axum::Router,
-    mut draining: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
 ) {
-    let peer = crate::Peer(tcp.peer_addr().ok());
+    let peer = tcp.peer_addr().ok();
+    serve_hyper(tcp, peer, read, router, draining).await;
+}
+
+/// Serves a TLS connection: the handshake (within [`READ_TIMEOUT`]), then
+/// hyper and the axum application for every request on it (the front reads
+/// plain connections only).
+pub(crate) async fn tls_connection(
+    tcp: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    api: Api,
+    draining: watch::Receiver<bool>,
+) {
+    let peer = tcp.peer_addr().ok();
+    let tls = match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = ?peer, "TLS handshake did not finish in time");
+            return;
+        }
+    };
+    serve_hyper(tls, peer, BytesMut::new(), api.router, draining).await;
+}
+
+/// hyper and the axum application on `io` (whose first bytes, `read`, were
+/// already taken off it) until the connection ends; a drain shuts it down
+/// gracefully.
+async fn serve_hyper<T>(
+    io: T,
+    peer: Option<std::net::SocketAddr>,
+    read: BytesMut,
+    router: axum::Router,
+    mut draining: watch::Receiver<bool>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = crate::Peer(peer);
+    let tcp = io;
     let io = TokioIo::new(Rewind {
         prefix: read.freeze(),
         tcp,
@@ -640,17 +681,17 @@ impl http_body::Body for Deadline {
 /// A connection whose first bytes were already read: they are read again
 /// first. Its writes fail once the client has taken nothing for
 /// [`WRITE_TIMEOUT`].
-struct Rewind {
+struct Rewind<T> {
     prefix: Bytes,
-    tcp: TcpStream,
+    tcp: T,
     /// Set while a write waits for room.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Rewind {
+impl<T> Rewind<T> {
     /// What a pending write means: still waiting, or (past the deadline)
     /// an error that ends the connection.
-    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+    fn stall<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
         let timer = self
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
@@ -661,7 +702,7 @@ impl Rewind {
     }
 }
 
-impl AsyncRead for Rewind {
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -678,7 +719,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

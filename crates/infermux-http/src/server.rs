@@ -21,14 +21,27 @@ use tokio::sync::watch;
 
 use crate::{Api, front};
 
-/// How a server shuts down.
-#[derive(Debug, Clone, Copy)]
+/// How a server shuts down, and whether it speaks TLS.
+#[derive(Clone)]
 pub struct ServeOptions {
     /// After shutdown begins: how long connections are still served (every
     /// answer with `Connection: close`, health `draining`).
     pub drain_delay: Duration,
     /// Then: how long in-flight requests may run.
     pub grace: Duration,
+    /// HTTPS: every connection starts with a TLS handshake (and is then
+    /// served by hyper; the connection front reads plain connections only).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("drain_delay", &self.drain_delay)
+            .field("grace", &self.grace)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting,
@@ -43,6 +56,7 @@ pub async fn serve(
     let options = ServeOptions {
         drain_delay: Duration::ZERO,
         grace,
+        tls: None,
     };
     serve_with(listener, app, shutdown, options).await
 }
@@ -88,9 +102,13 @@ pub async fn serve_with(
                 let _ = tcp.set_nodelay(true);
                 match app.shared.admit() {
                     Some(slot) => {
-                        let conn = front::connection(tcp, app.clone(), drain.clone());
+                        let (app, drain) = (app.clone(), drain.clone());
+                        let tls = options.tls.clone();
                         tokio::spawn(async move {
-                            conn.await;
+                            match tls {
+                                None => front::connection(tcp, app, drain).await,
+                                Some(tls) => front::tls_connection(tcp, tls, app, drain).await,
+                            }
                             drop(slot);
                         });
                     }
@@ -183,6 +201,7 @@ pub fn serve_per_core(
     for i in 1..threads.max(1) {
         let app = app.clone();
         let stop = shutdown.clone();
+        let options = options.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("infermux-http-{i}"))

@@ -43,6 +43,7 @@ fn options() -> ServeOptions {
     ServeOptions {
         drain_delay: Duration::ZERO,
         grace: Duration::from_secs(5),
+        tls: None,
     }
 }
 
@@ -192,6 +193,7 @@ async fn during_the_drain_delay_keep_alive_clients_get_answers_that_close() {
     let options = ServeOptions {
         drain_delay: Duration::from_millis(800),
         grace: Duration::from_secs(5),
+        tls: None,
     };
     let (addr, stop) = start(infermux_http::app(router()), options).await;
     // Two keep-alive connections, one on the front (/infer), one that hyper

@@ -56,6 +56,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let options = infermux_http::server::ServeOptions {
         drain_delay: args.drain_delay,
         grace: args.grace_period,
+        tls: prepared.tls(&[b"http/1.1"])?,
     };
     let management_addr = prepared
         .config
@@ -73,6 +74,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             tracing::info!(addr = %local, "management endpoints listening");
             let mut stop = stopped.clone();
             // On this thread's runtime; it drains with the others.
+            let options = options.clone();
             rt.spawn(async move {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;

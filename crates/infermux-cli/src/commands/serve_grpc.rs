@@ -13,13 +13,15 @@ pub fn run(args: ServeGrpcArgs) -> Result<ExitCode, String> {
         keepalive_timeout: args.keepalive_timeout,
         drain_delay: args.drain_delay,
         grace: args.grace_period,
+        tls: None,
     };
     setup::run_server(
         &args.server,
         "gRPC",
         |c| c.grpc_listen.as_deref(),
         ":8601",
-        |listener, router| {
+        |listener, router, tls| {
+            let options = ServerOptions { tls, ..options };
             infermux_grpc::serve(listener, router, options, setup::shutdown_signal())
         },
     )
