@@ -26,11 +26,16 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        check_content_type(
+        if let Err(e) = check_content_type(
             req.headers()
                 .get(header::CONTENT_TYPE)
                 .map(axum::http::HeaderValue::as_bytes),
-        )?;
+        ) {
+            // Read first, as the connection front does: the connection then
+            // serves the next request.
+            drain(req.into_body()).await;
+            return Err(e);
+        }
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -130,27 +135,33 @@ async fn drain(mut body: Body) {
 }
 
 /// What the caller's headers say about its call: its W3C trace context
-/// (`traceparent`, if valid) and its deadline (`X-Infermux-Timeout`).
-#[derive(Debug, Clone, Copy)]
-pub struct Caller(pub RequestContext);
+/// (`traceparent`, if valid) and its deadline (`X-Infermux-Timeout`). A bad
+/// deadline is kept for the handler to answer once the body is read (as the
+/// connection front answers it), so the connection serves the next request.
+#[derive(Debug)]
+pub struct Caller(pub Result<RequestContext, ApiError>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
+    type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let timeout = parts
+        let timeout = match parts
             .headers
             .get(TIMEOUT_HEADER)
             .map(|v| timeout(v.as_bytes()))
-            .transpose()?;
-        Ok(Caller(RequestContext {
+            .transpose()
+        {
+            Ok(t) => t,
+            Err(e) => return Ok(Caller(Err(e))),
+        };
+        Ok(Caller(Ok(RequestContext {
             trace: parts
                 .headers
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .and_then(TraceContext::from_traceparent),
             timeout,
-        }))
+        })))
     }
 }
 

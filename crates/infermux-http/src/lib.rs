@@ -117,6 +117,14 @@ impl Api {
         self.router
     }
 
+    /// The same application with the connection front off: hyper and axum
+    /// serve every request (the same handlers; what the front must match,
+    /// and a way to rule it out).
+    pub fn without_front(mut self) -> Self {
+        self.fast = None;
+        self
+    }
+
     /// At most `n` connections open at once, over every server of this
     /// application (and of the application split from it); one more is
     /// answered 503 `overloaded` and closed. Unlimited by default.

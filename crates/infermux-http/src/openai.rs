@@ -473,7 +473,7 @@ pub async fn chat_completions(
     Caller(ctx): Caller,
     JsonBytes(body): JsonBytes,
 ) -> Result<Answer, ApiError> {
-    completions(&state, ctx, body).await
+    completions(&state, ctx?, body).await
 }
 
 /// `POST /v1/chat/completions` once its body is read (the connection front
@@ -817,6 +817,7 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     use base64::Engine;
 
+    let ctx = ctx?;
     let parsed: EmbeddingsRequest = json::from_slice(&body)?;
     let input = match parsed.input {
         EmbeddingInput::One(s) => vec![s],

@@ -23,7 +23,7 @@ pub async fn infer(
     Caller(ctx): Caller,
     JsonBytes(body): JsonBytes,
 ) -> Result<Answer, ApiError> {
-    infer_body(&state, ctx, body).await
+    infer_body(&state, ctx?, body).await
 }
 
 /// `POST /infer` once its body is read (the connection front calls this
@@ -48,7 +48,7 @@ pub async fn mist(
     Caller(ctx): Caller,
     JsonBytes(body): JsonBytes,
 ) -> Result<Answer, ApiError> {
-    mist_body(&state, ctx, body).await
+    mist_body(&state, ctx?, body).await
 }
 
 /// `POST /mist` once its body is read (the connection front calls this
