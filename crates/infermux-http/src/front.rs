@@ -175,6 +175,32 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
     }
 }
 
+/// Fuzzing entry: parses `data` as the front parses a connection's bytes
+/// and checks what must hold for any input: no panic; a head it takes lies
+/// within the input and frames a body within the limit; the same head is
+/// found in the head's bytes alone; and no shorter prefix is taken as a
+/// whole head.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_request(data: &[u8]) {
+    let Parsed::Ours(head) = parse(data) else {
+        return;
+    };
+    assert!(head.head_len <= data.len() && head.body_len <= MAX_MESSAGE_SIZE);
+    match parse(&data[..head.head_len]) {
+        Parsed::Ours(again) => assert_eq!(
+            (again.head_len, again.body_len, again.close),
+            (head.head_len, head.body_len, head.close)
+        ),
+        _ => panic!("the head alone is not taken"),
+    }
+    for cut in [head.head_len / 2, head.head_len.saturating_sub(1)] {
+        assert!(
+            !matches!(parse(&data[..cut]), Parsed::Ours(_)),
+            "a prefix of {cut} bytes was taken as a whole head"
+        );
+    }
+}
+
 /// Parses a request head off the front of `buf`.
 fn parse(buf: &[u8]) -> Parsed {
     // Uninitialized slots: zeroing a hundred of them costs more than parsing.

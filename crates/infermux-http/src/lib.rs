@@ -31,6 +31,13 @@ use axum::routing::{get, post};
 use infermux::Router;
 
 pub use error::ApiError;
+
+/// Entry points for the fuzz targets (`fuzz/`); not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::front::fuzz_request;
+}
 pub use server::serve;
 
 /// What every handler shares.

@@ -20,6 +20,13 @@ mod plain;
 pub mod sse;
 pub mod tokens;
 
+/// Entry points for the fuzz targets (`fuzz/`); not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::plain::fuzz_answer;
+}
+
 use std::sync::Arc;
 
 use infermux::config::{Config, ProviderKind};

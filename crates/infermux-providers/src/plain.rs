@@ -582,6 +582,7 @@ fn parse_head_in<'b>(
 }
 
 /// How an answer's body ends.
+#[derive(Clone)]
 enum Framing {
     /// This many bytes are left.
     Length(u64),
@@ -592,6 +593,7 @@ enum Framing {
 }
 
 /// Where a chunked body's reader is.
+#[derive(Clone)]
 enum Chunk {
     /// At a chunk-size line.
     Size,
@@ -718,6 +720,44 @@ fn line(buf: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
         None if buf.len() > MAX_LINE => Err(malformed("a chunk line too long")),
         None => Ok(None),
     }
+}
+
+/// Fuzzing entry: parses `data` as an upstream answer (head, then body
+/// framing) and checks what must hold for any input: no panic; no more body
+/// bytes than were given; and the body decoded from one buffer equals the
+/// body decoded as the bytes trickle in `piece` at a time, with the same end.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_answer(data: &[u8]) {
+    let piece = usize::from(data.first().copied().unwrap_or(1).max(1));
+    let mut buf = BytesMut::from(data);
+    let Ok(Some(head)) = parse_head(&mut buf) else {
+        return;
+    };
+    let rest = buf.freeze();
+    let decode = |piece: usize| {
+        let mut framing = head.framing.clone();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match framing.step(&mut buf) {
+                Ok(Step::Data(d)) => body.extend_from_slice(&d),
+                Ok(Step::Again) => {}
+                Ok(Step::End) => return (body, "end"),
+                Ok(Step::More) if fed < rest.len() => {
+                    let n = piece.min(rest.len() - fed);
+                    buf.extend_from_slice(&rest[fed..fed + n]);
+                    fed += n;
+                }
+                Ok(Step::More) => return (body, "more"),
+                Err(_) => return (body, "error"),
+            }
+        }
+    };
+    let whole = decode(rest.len().max(1));
+    assert!(whole.0.len() <= rest.len(), "more body than input");
+    let trickled = decode(piece);
+    assert_eq!(whole, trickled, "pieces of {piece} decode otherwise");
 }
 
 /// A body read whole, or cut at a limit.
