@@ -274,6 +274,35 @@ async fn every_error_row_maps_to_its_grpc_code() {
 }
 
 #[tokio::test]
+async fn upstream_text_quoting_a_key_is_redacted_in_grpc_status() {
+    // The provider registered its key (as the adapters do); the upstream
+    // quotes it, whole and masked, and a Bearer header.
+    let key = "sk-live-Qw3rTy8uIo9pAsDfGh";
+    infermux::redact::register(key);
+    let fake = FakeProvider::new("fake", &["fake-1"]).script([
+        Step::Fail(ProviderError::Rejected {
+            status: 401,
+            message: format!("Incorrect API key provided: {key}"),
+        }),
+        Step::Fail(ProviderError::Unavailable(
+            "proxy said: Authorization: Bearer abc.def.ghi; sk-live-****fGh".into(),
+        )),
+    ]);
+    let (s, _) = Server::with(fake).await;
+    let mut raw = s.raw().await;
+    for code in [Code::Unauthenticated, Code::Unavailable] {
+        let status = raw.infer(request("fake-1", "x")).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        let text = format!("{} {:?}", status.message(), status.details());
+        assert!(
+            !text.contains("Qw3rTy8u") && !text.contains("abc.def"),
+            "{text}"
+        );
+        assert!(text.contains("[redacted]"), "{text}");
+    }
+}
+
+#[tokio::test]
 async fn bad_input_is_invalid_argument_naming_the_field() {
     let s = Server::echo().await;
     let mut raw = s.raw().await;
@@ -593,4 +622,58 @@ async fn the_client_retries_a_server_that_is_not_there_yet() {
     let e = client.prompt("echo-v1", "x").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
     assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// Records the deadline each stream reached the provider with.
+struct DeadlineProbe {
+    models: Vec<String>,
+    seen: Arc<std::sync::Mutex<Vec<Option<Duration>>>>,
+}
+
+#[async_trait::async_trait]
+impl Provider for DeadlineProbe {
+    fn name(&self) -> &str {
+        "probe"
+    }
+    fn models(&self) -> &[String] {
+        &self.models
+    }
+    async fn infer(
+        &self,
+        ctx: &infermux::CallContext<'_>,
+        _: &infermux::InferRequest,
+    ) -> Result<infermux::InferResponse, ProviderError> {
+        let left = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        self.seen.lock().unwrap().push(left);
+        Ok(infermux::InferResponse {
+            content: "ok".into(),
+            finish_reason: "stop".into(),
+            ..Default::default()
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_clients_streams_carry_a_default_deadline_as_calls_do() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = DeadlineProbe {
+        models: vec!["probe-1".into()],
+        seen: seen.clone(),
+    };
+    let s = Server::start(vec![Arc::new(probe)], ServerOptions::default()).await;
+    let client = s.client().await;
+    client.infer(request("probe-1", "x")).await.unwrap();
+    let mut stream = client.infer_stream(request("probe-1", "x")).await.unwrap();
+    while stream.message().await.unwrap().is_some() {}
+    let seen = seen.lock().unwrap().clone();
+    let near = |left: Option<Duration>, want: Duration| {
+        left.is_some_and(|l| l <= want && l > want - Duration::from_secs(5))
+    };
+    assert!(near(seen[0], infermux_client::DEFAULT_TIMEOUT), "{seen:?}");
+    assert!(
+        near(seen[1], infermux_client::DEFAULT_STREAM_TIMEOUT),
+        "{seen:?}"
+    );
 }
