@@ -318,7 +318,7 @@ async fn a_provider_without_a_models_endpoint_serves_traffic() {
             "providers:\n  - name: bare\n    type: ollama\n    base_url: \"{}/v1\"\n    models: [m]\n    health_check: {{interval: 50ms}}\n",
             up.url
         );
-        let (base, _checks) = serve_with_checks(&yaml).await;
+        let base = Gateway::start_checked(&yaml).await.base;
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(5);
         while up.seen().is_empty() {
@@ -366,7 +366,8 @@ async fn a_provider_down_at_start_gets_traffic_soon_after_it_comes_up() {
     let yaml = format!(
         "providers:\n  - name: late\n    type: ollama\n    base_url: \"{url}/v1\"\n    models: [m]\n    health_check: {{interval: 30s}}\n"
     );
-    let (base, registry) = serve_with_checks(&yaml).await;
+    let gw = Gateway::start_checked(&yaml).await;
+    let (base, registry) = (gw.base.clone(), gw.registry.clone());
     let healthy = || registry.entries()[0].healthy.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(5);
     while healthy() {
@@ -392,32 +393,4 @@ async fn a_provider_down_at_start_gets_traffic_soon_after_it_comes_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(call().await.unwrap().status(), 200);
-}
-
-/// The real server with health checks running, as `serve` runs them.
-async fn serve_with_checks(yaml: &str) -> (String, Arc<infermux::Registry>) {
-    let config = infermux::config::Config::parse(
-        yaml,
-        &std::collections::HashMap::<String, String>::new(),
-        true,
-    )
-    .unwrap();
-    let registry = Arc::new(infermux_providers::registry_from_config(&config).unwrap());
-    let checks: Vec<_> = config
-        .providers
-        .iter()
-        .map(|p| (p.name.clone(), p.health_check))
-        .collect();
-    // Running for the rest of the test (its runtime ends them).
-    let _handles = infermux::health::spawn_checks(&registry, &checks);
-    let router = infermux::Router::without_spans(registry.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(infermux_http::serve(
-        listener,
-        infermux_http::app(router),
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-    (base, registry)
 }

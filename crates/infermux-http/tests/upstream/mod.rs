@@ -194,14 +194,33 @@ pub struct Gateway {
     pub base: String,
     pub client: reqwest::Client,
     pub spans: Arc<RecordingSink>,
+    pub registry: Arc<infermux::Registry>,
 }
 
 impl Gateway {
     pub async fn start(yaml: &str) -> Gateway {
+        Gateway::start_with(yaml, false).await
+    }
+
+    /// The gateway with the config's health checks running, as `serve` runs
+    /// them (for the rest of the test: its runtime ends them).
+    pub async fn start_checked(yaml: &str) -> Gateway {
+        Gateway::start_with(yaml, true).await
+    }
+
+    async fn start_with(yaml: &str, checked: bool) -> Gateway {
         let config = Config::parse(yaml, &HashMap::<String, String>::new(), true).unwrap();
-        let registry = infermux_providers::registry_from_config(&config).unwrap();
+        let registry = Arc::new(infermux_providers::registry_from_config(&config).unwrap());
+        if checked {
+            let checks: Vec<_> = config
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.health_check))
+                .collect();
+            infermux::health::spawn_checks(&registry, &checks);
+        }
         let spans = Arc::new(RecordingSink::default());
-        let router = Router::new(Arc::new(registry), spans.clone());
+        let router = Router::new(registry.clone(), spans.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(infermux_http::serve(
@@ -214,6 +233,7 @@ impl Gateway {
             base,
             client: reqwest::Client::new(),
             spans,
+            registry,
         }
     }
 
