@@ -218,7 +218,7 @@ impl Upstream {
                 let mut failed = false;
                 Ok(Streaming {
                     status: resp.status(),
-                    event_stream: is_event_stream(
+                    event_stream: plain::is_event_stream(
                         resp.headers()
                             .get(http::header::CONTENT_TYPE)
                             .map(http::HeaderValue::as_bytes),
@@ -320,11 +320,6 @@ fn body_limit(status: http::StatusCode) -> usize {
     } else {
         MAX_ERROR_BODY
     }
-}
-
-/// Whether a `Content-Type` value is an event stream's.
-pub fn is_event_stream(content_type: Option<&[u8]>) -> bool {
-    content_type.is_some_and(|v| v.starts_with(b"text/event-stream"))
 }
 
 /// A request's head: `method`, `uri` and `headers`; its body comes with

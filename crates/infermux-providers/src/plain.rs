@@ -549,7 +549,7 @@ fn parse_head_in<'b>(
                 }
             }
         } else if name.eq_ignore_ascii_case("content-type") {
-            event_stream = crate::http::is_event_stream(Some(h.value));
+            event_stream = is_event_stream(Some(h.value));
         }
     }
     let framing = if status.is_informational()
@@ -579,6 +579,11 @@ fn parse_head_in<'b>(
         keep_alive,
     };
     Ok(Some((head, len)))
+}
+
+/// Whether a `Content-Type` value is an event stream's.
+pub fn is_event_stream(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|v| v.starts_with(b"text/event-stream"))
 }
 
 /// How an answer's body ends.

@@ -15,6 +15,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::breaker::BreakerConfig;
+// Defined with what uses them (the router's strategies, the price table);
+// named here too, as the config reads them.
+pub use crate::cost::Price;
+pub use crate::router::Strategy;
 
 /// Where `${VAR}` values come from.
 pub trait Env {
@@ -160,47 +164,6 @@ pub struct ProviderConfig {
     pub health_check: crate::health::HealthCheckConfig,
 }
 
-/// How requests are spread over providers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    Priority,
-    RoundRobin,
-    LeastLatency,
-    CostWeighted,
-    Random,
-}
-
-impl Strategy {
-    pub const NAMES: &'static [&'static str] = &[
-        "priority",
-        "round_robin",
-        "least_latency",
-        "cost_weighted",
-        "random",
-    ];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "priority" => Strategy::Priority,
-            "round_robin" => Strategy::RoundRobin,
-            "least_latency" => Strategy::LeastLatency,
-            "cost_weighted" => Strategy::CostWeighted,
-            "random" => Strategy::Random,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Priority => "priority",
-            Strategy::RoundRobin => "round_robin",
-            Strategy::LeastLatency => "least_latency",
-            Strategy::CostWeighted => "cost_weighted",
-            Strategy::Random => "random",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutingConfig {
     pub strategy: Strategy,
@@ -238,14 +201,6 @@ impl RoutingConfig {
     pub fn attempts(&self) -> usize {
         if self.fallback { self.max_attempts } else { 1 }
     }
-}
-
-/// USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    pub input_per_million: f64,
-    pub output_per_million: f64,
 }
 
 /// A validated config file.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::config::Price;
+use serde::Deserialize;
 
 /// USD per million input and output tokens, by model name (a dated variant such
 /// as `gpt-4o-2024-08-06` takes the price of its longest listed prefix).
@@ -113,6 +113,14 @@ pub fn built_in(model: &str) -> Option<Price> {
         }
         candidate = &candidate[..candidate.rfind('-')?];
     }
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use futures_core::Stream;
 use futures_util::FutureExt;
 
 use crate::breaker::{Admission, CircuitState, Outcome};
-use crate::config::{Price, Strategy};
+use crate::cost::Price;
 use crate::cost::{Pricing, price_of};
 use crate::error::{Error, ErrorKind, ProviderError};
 use crate::metrics::{Metrics, MetricsSink};
@@ -983,10 +983,50 @@ impl Stream for RoutedStream {
     }
 }
 
+/// How requests are spread over providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Priority,
+    RoundRobin,
+    LeastLatency,
+    CostWeighted,
+    Random,
+}
+
+impl Strategy {
+    pub const NAMES: &'static [&'static str] = &[
+        "priority",
+        "round_robin",
+        "least_latency",
+        "cost_weighted",
+        "random",
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "priority" => Strategy::Priority,
+            "round_robin" => Strategy::RoundRobin,
+            "least_latency" => Strategy::LeastLatency,
+            "cost_weighted" => Strategy::CostWeighted,
+            "random" => Strategy::Random,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Priority => "priority",
+            Strategy::RoundRobin => "round_robin",
+            Strategy::LeastLatency => "least_latency",
+            Strategy::CostWeighted => "cost_weighted",
+            Strategy::Random => "random",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Strategy;
     use crate::echo::EchoProvider;
     use crate::testing::{FakeProvider, RecordingSink, Step};
     use futures_util::StreamExt;
