@@ -1326,23 +1326,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn garbage_for_an_answer_is_unavailable() {
-        let (url, _) = server(|mut sock, _| async move {
-            read_request(&mut sock).await;
-            sock.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    async fn answers_that_are_not_http_as_asked_are_unavailable() {
+        // Garbage, and an upgrade nothing asked for (even one followed by a
+        // good answer).
+        for (raw, says) in [
+            (&b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..], "invalid HTTP answer"),
+            (
+                &b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"[..],
+                "101",
+            ),
+        ] {
+            let (url, _) = server(move |mut sock, _| async move {
+                read_request(&mut sock).await;
+                sock.write_all(raw).await.unwrap();
+            })
+            .await;
+            let err = upstream(&url, Duration::from_secs(5))
+                .call(post(&url, "{}"))
                 .await
+                .err()
                 .unwrap();
-        })
-        .await;
-        let err = upstream(&url, Duration::from_secs(5))
-            .call(post(&url, "{}"))
-            .await
-            .err()
-            .unwrap();
-        assert!(
-            matches!(&err, ProviderError::Unavailable(m) if m.contains("invalid HTTP answer")),
-            "{err:?}"
-        );
+            assert!(
+                matches!(&err, ProviderError::Unavailable(m) if m.contains(says)),
+                "{says}: {err:?}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -1589,26 +1597,6 @@ mod tests {
             .await
             .expect("the sweeper closed the half-closed idle connection")
             .unwrap();
-    }
-
-    #[tokio::test]
-    async fn an_unasked_101_fails_the_call() {
-        let (url, _) = server(|mut sock, _| async move {
-            read_request(&mut sock).await;
-            sock.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-                .await
-                .unwrap();
-        })
-        .await;
-        let err = upstream(&url, Duration::from_secs(5))
-            .call(post(&url, "{}"))
-            .await
-            .err()
-            .unwrap();
-        assert!(
-            matches!(&err, ProviderError::Unavailable(m) if m.contains("101")),
-            "{err:?}"
-        );
     }
 
     #[tokio::test]
