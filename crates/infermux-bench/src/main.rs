@@ -6,6 +6,11 @@
 //!   one has its first byte, holds them open, then closes them.
 //! - `slow-upstream`: an OpenAI-shaped upstream whose streams send one event and
 //!   then stay open (keep-alive comments), for `hold-streams`.
+//! - `agent-body`: prints an agent-sized chat completion request (long
+//!   history, tool calls and their results, a dozen tool schemas), for
+//!   `bench/traffic.sh`.
+//! - `sse-body`: prints an OpenAI stream of N events (role, content deltas,
+//!   finish, usage, `[DONE]`), for the mock upstream of `bench/traffic.sh`.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +45,20 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         hold: u64,
     },
+    /// Print an agent-sized chat completion request of about KB kilobytes.
+    AgentBody {
+        #[arg(long, default_value = "bench-model")]
+        model: String,
+        #[arg(long, default_value_t = 67)]
+        kb: usize,
+        #[arg(long)]
+        stream: bool,
+    },
+    /// Print an OpenAI chat completion stream of EVENTS data events.
+    SseBody {
+        #[arg(long, default_value_t = 21)]
+        events: usize,
+    },
     /// A slow streaming upstream on ADDR.
     SlowUpstream {
         #[arg(long, default_value = "127.0.0.1:18804")]
@@ -49,6 +68,75 @@ enum Command {
 
 fn body(model: &str) -> serde_json::Value {
     serde_json::json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "Hello world"}]})
+}
+
+/// What a coding agent sends on a late turn: a long system prompt, a dozen
+/// tool schemas, and a history of user turns, assistant tool calls and tool
+/// results, grown until the body is about `kb` kilobytes.
+fn agent_body(model: &str, kb: usize, stream: bool) -> serde_json::Value {
+    use serde_json::json;
+    let prose = "The repository holds a Rust workspace with several crates; read the \
+        code before changing it, keep every public name, and run the tests after each step. ";
+    let tools: Vec<_> = (0..12)
+        .map(|i| {
+            json!({"type": "function", "function": {
+                "name": format!("tool_{i}"),
+                "description": format!("Tool number {i}: {}", prose.repeat(2)),
+                "parameters": {"type": "object", "properties": {
+                    "path": {"type": "string", "description": "A path inside the repository."},
+                    "pattern": {"type": "string", "description": "A regular expression to search for."},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "flags": {"type": "array", "items": {"type": "string", "enum": ["i", "m", "s"]}}
+                }, "required": ["path"], "additionalProperties": false}}})
+        })
+        .collect();
+    let mut messages = vec![json!({"role": "system", "content": prose.repeat(24)})];
+    let mut body = json!({"model": model, "messages": [], "tools": tools, "tool_choice": "auto",
+        "temperature": 0.2, "max_completion_tokens": 1024, "stream": stream});
+    let mut turn = 0;
+    while serde_json::to_vec(&body).map_or(0, |b| b.len()) < kb * 1000 {
+        let id = format!("call_{turn:04}");
+        messages
+            .push(json!({"role": "user", "content": format!("Step {turn}: {}", prose.repeat(2))}));
+        messages.push(json!({"role": "assistant", "content": null, "tool_calls": [{"id": id,
+            "type": "function", "function": {"name": format!("tool_{}", turn % 12),
+            "arguments": format!(r#"{{"path":"crates/infermux/src/file_{turn}.rs","limit":40}}"#)}}]}));
+        messages.push(json!({"role": "tool", "tool_call_id": id,
+            "content": format!("fn step_{turn}() {{\n    // {}\n}}\n", prose.repeat(3))}));
+        messages.push(
+            json!({"role": "assistant", "content": format!("Done with step {turn}. {prose}")}),
+        );
+        body["messages"] = serde_json::Value::Array(messages.clone());
+        turn += 1;
+    }
+    body
+}
+
+/// An OpenAI chat completion stream of `events` data events: the role, content
+/// deltas, the finish reason, and usage; then `[DONE]`.
+fn sse_body(events: usize) -> String {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        let c = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+            "created": 1, "model": "bench-model", "system_fingerprint": "fp_mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let mut out = chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        serde_json::Value::Null,
+    );
+    for i in 0..events.saturating_sub(3) {
+        out.push_str(&chunk(
+            serde_json::json!({"content": format!("word{i} ")}),
+            serde_json::Value::Null,
+        ));
+    }
+    out.push_str(&chunk(serde_json::json!({}), serde_json::json!("stop")));
+    let usage = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+        "created": 1, "model": "bench-model", "choices": [],
+        "usage": {"prompt_tokens": 9, "completion_tokens": events, "total_tokens": events + 9}});
+    out.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
+    out
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -178,6 +266,14 @@ async fn main() -> std::process::ExitCode {
             hold,
         } => hold_streams(&url, &model, streams, hold).await,
         Command::SlowUpstream { addr } => slow_upstream(&addr).await,
+        Command::AgentBody { model, kb, stream } => {
+            println!("{}", agent_body(&model, kb, stream));
+            Ok(())
+        }
+        Command::SseBody { events } => {
+            print!("{}", sse_body(events));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -29,7 +29,7 @@ pub(crate) fn request(req: pb::InferRequest) -> InferRequest {
             ..Params::default()
         },
         meta: req.meta.into_iter().collect(),
-        extra: None,
+        ..Default::default()
     }
 }
 

@@ -46,12 +46,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     }
 }
 
-/// Refuses a declared `Content-Type` that is not JSON (a missing one is
-/// accepted).
+/// Refuses a `Content-Type` that is not JSON, or none (SPEC §11).
 pub(crate) fn check_content_type(value: Option<&[u8]>) -> Result<(), ApiError> {
     let Some(value) = value else {
-        // Lenient on a missing header: only a declared non-JSON type is refused.
-        return Ok(());
+        return Err(ApiError(Error::new(
+            ErrorKind::UnsupportedMediaType,
+            "Content-Type must be application/json, and the request has none",
+        )));
     };
     if value.eq_ignore_ascii_case(b"application/json") {
         return Ok(());

@@ -19,6 +19,7 @@ use infermux::router::RequestContext;
 use infermux::trace::Id128;
 use infermux::{ChatMessage, Error, InferRequest, Params, Role, json};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::AppState;
@@ -26,10 +27,12 @@ use crate::error::ApiError;
 use crate::extract::{Caller, JsonBytes};
 use crate::routes::{Answer, decimal, json_response};
 
-/// A chat completion request, as OpenAI defines it.
+/// A chat completion request, as OpenAI defines it. `model`,
+/// `stream_options` and `provider` are kept as the caller's bytes: their
+/// places in the body are what pass-through (SPEC §11) changes.
 #[derive(Debug, Default)]
-struct ChatCompletionRequest {
-    model: String,
+struct ChatCompletionRequest<'de> {
+    model: Option<&'de RawValue>,
     messages: Vec<OaiMessage>,
     temperature: Option<f64>,
     max_tokens: Option<i64>,
@@ -37,10 +40,10 @@ struct ChatCompletionRequest {
     top_p: Option<f64>,
     stop: Option<Stop>,
     stream: bool,
-    stream_options: Option<StreamOptions>,
+    stream_options: Option<&'de RawValue>,
     n: Option<i64>,
     /// infermux extension: send to this provider, whatever the model resolves to.
-    provider: String,
+    provider: Option<&'de RawValue>,
     /// Everything else (tools, response_format, seed, user, ...).
     extra: Map<String, Value>,
 }
@@ -123,11 +126,11 @@ impl<'de> Deserialize<'de> for ChatKey {
 /// Decoded by hand: `#[serde(flatten)]` for `extra` would buffer the whole
 /// request (every message) into an intermediate tree and decode it again.
 /// Named fields decode straight into place; the rest land in `extra`.
-impl<'de> Deserialize<'de> for ChatCompletionRequest {
+impl<'de> Deserialize<'de> for ChatCompletionRequest<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visit;
         impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = ChatCompletionRequest;
+            type Value = ChatCompletionRequest<'de>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a chat completion request object")
@@ -136,7 +139,7 @@ impl<'de> Deserialize<'de> for ChatCompletionRequest {
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<ChatCompletionRequest, A::Error> {
+            ) -> Result<ChatCompletionRequest<'de>, A::Error> {
                 use serde::de::Error as _;
                 let mut r = ChatCompletionRequest::default();
                 let mut seen = [false; ChatField::ALL.len()];
@@ -191,6 +194,17 @@ struct StreamOptions {
     include_usage: bool,
 }
 
+/// A string field kept as its JSON text, decoded.
+fn raw_string(field: &str, raw: Option<&RawValue>) -> Result<String, Error> {
+    match raw {
+        None => Ok(String::new()),
+        Some(raw) => match serde_json::from_str::<Option<String>>(raw.get()) {
+            Ok(s) => Ok(s.unwrap_or_default()),
+            Err(e) => Err(Error::invalid(format!("{field}: {e}"))),
+        },
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct OaiMessage {
     role: String,
@@ -201,6 +215,10 @@ struct OaiMessage {
     tool_calls: Option<Value>,
     tool_call_id: Option<Value>,
     name: Option<Value>,
+    // An assistant turn's reasoning, sent back: as text, and as Anthropic's
+    // signed thinking blocks.
+    reasoning_content: Option<Value>,
+    thinking_blocks: Option<Value>,
 }
 
 #[derive(Debug)]
@@ -263,9 +281,38 @@ fn parts_text(i: usize, parts: &[Value]) -> Result<String, Error> {
     Ok(text)
 }
 
-impl ChatCompletionRequest {
-    /// The core request, or the first problem, naming its field.
-    fn into_core(self) -> Result<(InferRequest, bool, bool), Error> {
+impl ChatCompletionRequest<'_> {
+    /// The core request, or the first problem, naming its field. `body` is
+    /// the bytes `self` was decoded from: it goes to OpenAI-dialect
+    /// providers as it is, but for `model`.
+    fn into_core(self, body: &Bytes) -> Result<(InferRequest, bool, bool), Error> {
+        let model = raw_string("model", self.model)?;
+        let provider = raw_string("provider", self.provider)?;
+        let include_usage = match self.stream_options {
+            None => false,
+            Some(raw) => match serde_json::from_str::<Option<StreamOptions>>(raw.get()) {
+                Ok(o) => o.is_some_and(|o| o.include_usage),
+                Err(e) => return Err(Error::invalid(format!("stream_options: {e}"))),
+            },
+        };
+        for (field, n) in [
+            ("max_tokens", self.max_tokens),
+            ("max_completion_tokens", self.max_completion_tokens),
+        ] {
+            if let Some(n) = n
+                && n < 1
+            {
+                return Err(Error::invalid(format!("{field}: {n} is less than 1")));
+            }
+        }
+        let at = |v: Option<&RawValue>| v.and_then(|v| infermux::raw::range_in(body, v));
+        let passthrough = infermux::raw::RawRequest::new(
+            infermux::raw::Dialect::OpenAiChat,
+            body.clone(),
+            at(self.model),
+            at(self.stream_options),
+            at(self.provider).into_iter().collect(),
+        );
         let mut extra = self.extra;
         match self.n {
             None | Some(1) => {}
@@ -289,6 +336,8 @@ impl ChatCompletionRequest {
                 ("tool_calls", m.tool_calls),
                 ("tool_call_id", m.tool_call_id),
                 ("name", m.name),
+                ("reasoning_content", m.reasoning_content),
+                ("thinking_blocks", m.thinking_blocks),
             ] {
                 if let Some(v) = value {
                     extra.insert(key.to_owned(), v);
@@ -318,10 +367,9 @@ impl ChatCompletionRequest {
             Some(Stop::One(s)) => Some(vec![s]),
             Some(Stop::Many(v)) => Some(v),
         };
-        let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
         let req = InferRequest {
-            model: self.model,
-            provider: self.provider,
+            model,
+            provider,
             messages,
             params: Params {
                 temperature: self.temperature,
@@ -331,6 +379,7 @@ impl ChatCompletionRequest {
             },
             meta: Default::default(),
             extra: (!extra.is_empty()).then(|| Arc::new(extra)),
+            passthrough: Some(Arc::new(passthrough)),
         };
         Ok((req, self.stream, include_usage))
     }
@@ -348,7 +397,7 @@ fn write_completion(
     created: u64,
     model: &str,
     choices: &[u8],
-    usage: Option<Usage>,
+    usage: Option<infermux::Usage>,
 ) {
     let mut digits = [0u8; 20];
     out.reserve(192 + model.len() + choices.len());
@@ -362,20 +411,52 @@ fn write_completion(
     json::write_str(out, model);
     out.extend_from_slice(br#","choices":"#);
     out.extend_from_slice(choices);
-    if let Some(usage) = usage {
-        out.extend_from_slice(br#","usage":{"prompt_tokens":"#);
-        out.extend_from_slice(decimal(usage.prompt_tokens, &mut digits));
-        out.extend_from_slice(br#","completion_tokens":"#);
-        out.extend_from_slice(decimal(usage.completion_tokens, &mut digits));
-        out.extend_from_slice(br#","total_tokens":"#);
-        out.extend_from_slice(decimal(usage.total_tokens, &mut digits));
-        out.push(b'}');
+    if let Some(u) = usage {
+        out.push(b',');
+        write_usage(out, u);
     }
     out.push(b'}');
 }
 
+/// `"usage":{...}` of OpenAI's shape, with the details of every token kind
+/// that is not zero.
+fn write_usage(out: &mut Vec<u8>, u: infermux::Usage) {
+    let mut digits = [0u8; 20];
+    {
+        out.extend_from_slice(br#""usage":{"prompt_tokens":"#);
+        out.extend_from_slice(decimal(u.input, &mut digits));
+        out.extend_from_slice(br#","completion_tokens":"#);
+        out.extend_from_slice(decimal(u.output, &mut digits));
+        out.extend_from_slice(br#","total_tokens":"#);
+        out.extend_from_slice(decimal(u.input + u.output, &mut digits));
+        // OpenAI's details; cache writes as Anthropic names them (OpenAI
+        // has no field for them).
+        if u.cached_input > 0 {
+            out.extend_from_slice(br#","prompt_tokens_details":{"cached_tokens":"#);
+            out.extend_from_slice(decimal(u.cached_input, &mut digits));
+            out.push(b'}');
+        }
+        if u.reasoning > 0 {
+            out.extend_from_slice(br#","completion_tokens_details":{"reasoning_tokens":"#);
+            out.extend_from_slice(decimal(u.reasoning, &mut digits));
+            out.push(b'}');
+        }
+        if u.cache_write > 0 {
+            out.extend_from_slice(br#","cache_creation_input_tokens":"#);
+            out.extend_from_slice(decimal(u.cache_write, &mut digits));
+        }
+        out.push(b'}');
+    }
+}
+
 /// The unary answer's body.
-fn chat_completion(id: &str, created: u64, model: &str, choices: &[u8], usage: Usage) -> Vec<u8> {
+fn chat_completion(
+    id: &str,
+    created: u64,
+    model: &str,
+    choices: &[u8],
+    usage: infermux::Usage,
+) -> Vec<u8> {
     let mut out = Vec::new();
     write_completion(
         &mut out,
@@ -404,23 +485,14 @@ struct Message<'a> {
     content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<&'a Value>,
-}
-
-#[derive(Serialize, Clone, Copy)]
-struct Usage {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
-}
-
-impl Usage {
-    fn new(prompt: u64, completion: u64) -> Self {
-        Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: prompt + completion,
-        }
-    }
+    /// The model's reasoning (Anthropic thinking), as OpenAI-compatible
+    /// servers name it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    /// Anthropic's thinking blocks with their signatures, which a caller
+    /// sends back on the next turn of a tool-using conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_blocks: Option<&'a Value>,
 }
 
 #[derive(Serialize)]
@@ -439,6 +511,8 @@ struct Delta<'a> {
     content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
 }
 
 fn unix_now() -> u64 {
@@ -483,8 +557,8 @@ pub(crate) async fn completions(
     ctx: RequestContext,
     body: Bytes,
 ) -> Result<Answer, ApiError> {
-    let parsed: ChatCompletionRequest = json::from_slice(&body)?;
-    let (req, stream, include_usage) = parsed.into_core()?;
+    let parsed: ChatCompletionRequest<'_> = json::from_slice(&body)?;
+    let (req, stream, include_usage) = parsed.into_core(&body)?;
     if stream {
         return stream_completion(state, req, ctx, include_usage)
             .await
@@ -492,31 +566,44 @@ pub(crate) async fn completions(
     }
     let routed = state.router.call(&req, &ctx).await?;
     let r = &routed.response;
-    let id = CompletionId::new();
-    let one = || {
-        [Choice {
-            index: 0,
-            message: Message {
-                role: "assistant",
-                content: (!r.content.is_empty() || r.tool_calls.is_none())
-                    .then_some(r.content.as_str()),
-                tool_calls: r.tool_calls.as_deref(),
-            },
-            finish_reason: &r.finish_reason,
-            logprobs: None,
-        }]
-    };
+    // Same dialect: the upstream's answer as it sent it, but for `model`.
+    if let Some(raw) = &r.raw {
+        let mut bytes = Vec::with_capacity(raw.body().len() + r.model.len());
+        if r.usage_estimated {
+            // The upstream sent no usage: the estimate is added (and flagged
+            // by a header).
+            let mut usage = Vec::with_capacity(96);
+            write_usage(&mut usage, r.usage());
+            raw.write_with_member(&mut bytes, &r.model, &usage);
+        } else {
+            raw.write_with_model(&mut bytes, &r.model);
+        }
+        return Ok(json_response(bytes, routed));
+    }
+    let choices = [Choice {
+        index: 0,
+        message: Message {
+            role: "assistant",
+            content: (!r.content.is_empty() || r.tool_calls.is_none())
+                .then_some(r.content.as_str()),
+            tool_calls: r.tool_calls.as_deref(),
+            reasoning_content: r.reasoning.as_deref(),
+            thinking_blocks: r.thinking_blocks.as_deref(),
+        },
+        finish_reason: &r.finish_reason,
+        logprobs: None,
+    }];
+    let choices = json::to_vec(&choices)
+        .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
     let ours;
-    let choices = match &r.choices {
-        Some(raw) => raw.get().as_bytes(),
+    let id = match &r.upstream_id {
+        Some(id) => id.as_str(),
         None => {
-            ours = json::to_vec(&one())
-                .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
-            &ours
+            ours = CompletionId::new();
+            ours.as_str()
         }
     };
-    let usage = Usage::new(r.tokens_in, r.tokens_out);
-    let bytes = chat_completion(id.as_str(), unix_now(), &r.model, choices, usage);
+    let bytes = chat_completion(id, unix_now(), &r.model, &choices, r.usage());
     Ok(json_response(bytes, routed))
 }
 
@@ -546,7 +633,9 @@ struct StreamState {
     created: u64,
     model: String,
     include_usage: bool,
-    usage: (u64, u64),
+    usage: infermux::Usage,
+    /// The upstream's own usage event went to the caller.
+    usage_sent: bool,
     phase: Phase,
     /// The first item (chunk, failure or end), read before the first event
     /// is chosen.
@@ -566,13 +655,17 @@ impl StreamState {
         self.event(&choices, None)
     }
 
-    /// A provider's chunk choices, verbatim.
-    fn raw_chunk(&self, choices: &infermux::RawJson) -> Bytes {
-        self.event(choices.get().as_bytes(), None)
+    /// An upstream event as it came, but for `model`.
+    fn raw_event(&self, raw: &infermux::raw::RawAnswer) -> Bytes {
+        let mut out = Vec::with_capacity(raw.body().len() + self.model.len() + 8);
+        out.extend_from_slice(b"data: ");
+        raw.write_with_model(&mut out, &self.model);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
     }
 
     /// `data: ` and a `chat.completion.chunk` of this stream.
-    fn event(&self, choices: &[u8], usage: Option<Usage>) -> Bytes {
+    fn event(&self, choices: &[u8], usage: Option<infermux::Usage>) -> Bytes {
         let mut out = Vec::with_capacity(256 + choices.len());
         out.extend_from_slice(b"data: ");
         let object = "chat.completion.chunk";
@@ -596,10 +689,10 @@ impl StreamState {
             match self.phase {
                 Phase::First => {
                     self.phase = Phase::Chunks;
-                    // A provider that sends its own choices sends its own
-                    // first chunk (the role) too.
+                    // A stream passed through sends its own first chunk (the
+                    // role) too.
                     let first = self.routed.next().await;
-                    let theirs = matches!(&first, Some(Ok(c)) if c.choices.is_some());
+                    let theirs = matches!(&first, Some(Ok(c)) if c.raw.is_some());
                     self.pending = Some(first);
                     if theirs {
                         continue;
@@ -608,7 +701,7 @@ impl StreamState {
                         Delta {
                             role: Some("assistant"),
                             content: Some(""),
-                            tool_calls: None,
+                            ..Default::default()
                         },
                         None,
                     ));
@@ -618,14 +711,23 @@ impl StreamState {
                     None => self.routed.next().await,
                 } {
                     Some(Ok(c)) => {
-                        self.usage.0 += c.tokens_in;
-                        self.usage.1 += c.tokens_out;
-                        if let Some(choices) = &c.choices {
-                            return Some(self.raw_chunk(choices));
+                        self.usage += c.usage();
+                        if let Some(raw) = &c.raw {
+                            if raw.only_usage {
+                                if !self.include_usage {
+                                    continue;
+                                }
+                                self.usage_sent = true;
+                            }
+                            return Some(self.raw_event(raw));
                         }
                         let finish =
                             (!c.finish_reason.is_empty()).then_some(c.finish_reason.as_str());
-                        if c.delta.is_empty() && finish.is_none() && c.tool_calls.is_none() {
+                        if c.delta.is_empty()
+                            && finish.is_none()
+                            && c.tool_calls.is_none()
+                            && c.reasoning.is_none()
+                        {
                             continue;
                         }
                         let content = (!c.delta.is_empty()).then_some(c.delta.as_str());
@@ -634,6 +736,7 @@ impl StreamState {
                                 role: None,
                                 content,
                                 tool_calls: c.tool_calls.as_ref(),
+                                reasoning_content: c.reasoning.as_deref(),
                             },
                             finish,
                         ));
@@ -649,7 +752,7 @@ impl StreamState {
                         })));
                     }
                     None => {
-                        self.phase = if self.include_usage {
+                        self.phase = if self.include_usage && !self.usage_sent {
                             Phase::Usage
                         } else {
                             Phase::Done
@@ -658,8 +761,7 @@ impl StreamState {
                 },
                 Phase::Usage => {
                     self.phase = Phase::Done;
-                    let usage = Usage::new(self.usage.0, self.usage.1);
-                    return Some(self.event(b"[]", Some(usage)));
+                    return Some(self.event(b"[]", Some(self.usage)));
                 }
                 Phase::Done => {
                     self.phase = Phase::End;
@@ -688,13 +790,20 @@ async fn stream_completion(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     crate::routes::route_headers(&mut headers, &routed.provider, &routed.upstream_model);
     crate::routes::strategy_headers(&mut headers, routed.strategy, routed.route_group.as_deref());
+    if let Some(v) = routed
+        .upstream_request_id()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert(crate::routes::UPSTREAM_REQUEST_ID.clone(), v);
+    }
     let state = StreamState {
         id: completion_id(),
         created: unix_now(),
         model: routed.model.clone(),
         routed,
         include_usage,
-        usage: (0, 0),
+        usage: infermux::Usage::default(),
+        usage_sent: false,
         phase: Phase::First,
         pending: None,
     };
@@ -891,7 +1000,7 @@ pub async fn embeddings(
 mod tests {
     use super::*;
 
-    fn decode(body: &str) -> Result<ChatCompletionRequest, Error> {
+    fn decode(body: &str) -> Result<ChatCompletionRequest<'_>, Error> {
         json::from_slice(body.as_bytes())
     }
 
@@ -902,7 +1011,11 @@ mod tests {
                "tools":[{"type":"function"}],"n":2,"provider":"p","stop":"x","top_p":0.5}"#,
         )
         .unwrap();
-        assert_eq!((r.model.as_str(), r.provider.as_str()), ("m", "p"));
+        let text = |v: Option<&RawValue>| v.map(|v| v.get().to_owned());
+        assert_eq!(
+            (text(r.model), text(r.provider)),
+            (Some(r#""m""#.to_owned()), Some(r#""p""#.to_owned()))
+        );
         assert_eq!(r.messages.len(), 1);
         assert!(r.stream);
         assert_eq!((r.n, r.top_p), (Some(2), Some(0.5)));
@@ -919,7 +1032,7 @@ mod tests {
             1_700_000_000,
             "gpt-\"4o\"\n\u{e9}",
             br#"[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]"#,
-            Usage::new(12, 30),
+            infermux::Usage::new(12, 30),
         );
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
@@ -960,7 +1073,7 @@ mod tests {
             7,
             "m",
             b"[]",
-            Some(Usage::new(3, 4)),
+            Some(infermux::Usage::new(3, 4)),
         );
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["choices"], serde_json::json!([]));

@@ -83,6 +83,10 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static USAGE_ESTIMATED: HeaderName = HeaderName::from_static("x-infermux-usage-estimated");
 static STRATEGY: HeaderName = HeaderName::from_static("x-infermux-strategy");
 static ROUTE_GROUP: HeaderName = HeaderName::from_static("x-infermux-route-group");
+static CACHED_TOKENS: HeaderName = HeaderName::from_static("x-infermux-cached-tokens");
+static REASONING_TOKENS: HeaderName = HeaderName::from_static("x-infermux-reasoning-tokens");
+pub(crate) static UPSTREAM_REQUEST_ID: HeaderName =
+    HeaderName::from_static("x-infermux-upstream-request-id");
 
 /// A routed call's 200 JSON answer with its `X-Infermux-*` headers, before
 /// it becomes a response: the connection front writes it straight to the
@@ -130,6 +134,17 @@ impl RoutedJson {
         each(&LATENCY, decimal(r.latency_ms, &mut digits));
         each(&PROMPT_TOKENS, decimal(r.tokens_in, &mut digits));
         each(&COMPLETION_TOKENS, decimal(r.tokens_out, &mut digits));
+        if r.tokens_cached > 0 {
+            each(&CACHED_TOKENS, decimal(r.tokens_cached, &mut digits));
+        }
+        if r.tokens_reasoning > 0 {
+            each(&REASONING_TOKENS, decimal(r.tokens_reasoning, &mut digits));
+        }
+        if let Some(id) = &r.upstream_request_id
+            && is_header_value(id.as_bytes())
+        {
+            each(&UPSTREAM_REQUEST_ID, id.as_bytes());
+        }
         each(
             &TRACEPARENT,
             &routed.trace.traceparent_bytes(routed.span_id),
@@ -156,6 +171,10 @@ impl IntoResponse for RoutedJson {
 }
 
 /// What a hot route's handler answers: a routed call's JSON, or any response.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request, moved once: boxing would allocate for each"
+)]
 pub(crate) enum Answer {
     Routed(RoutedJson),
     Response(Response),

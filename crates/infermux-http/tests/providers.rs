@@ -63,38 +63,27 @@ async fn openai_requests_and_responses_translate_field_by_field() {
         seen.header("traceparent")
             .is_some_and(|t| t.starts_with("00-") && t.len() == 55)
     );
-    let b = &seen.body;
+    // Same dialect (SPEC §11): the caller's JSON as sent, `model` aside —
+    // `developer`, text parts, the single `stop` and every unknown field.
+    let mut want = json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+        "temperature": 0.3, "max_tokens": 50, "top_p": 0.9, "stop": "END",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "response_format": {"type": "json_object"}, "seed": 7, "user": "u-1"
+    });
     assert_eq!(
-        b["model"], "gpt-4o-mini",
-        "the alias is resolved for the upstream"
+        seen.body, want,
+        "the alias is resolved, nothing else changes"
     );
-    assert_eq!(
-        b["messages"],
-        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}])
-    );
-    assert_eq!(
-        (
-            b["temperature"].clone(),
-            b["max_tokens"].clone(),
-            b["top_p"].clone()
-        ),
-        (json!(0.3), json!(50), json!(0.9))
-    );
-    assert_eq!(b["stop"], json!(["END"]));
-    assert_eq!(
-        b["tools"][0]["function"]["name"], "f",
-        "unknown fields pass through untouched"
-    );
-    assert_eq!(b["response_format"], json!({"type": "json_object"}));
-    assert_eq!(
-        (b["seed"].clone(), b["user"].clone()),
-        (json!(7), json!("u-1"))
-    );
-    assert!(b.get("stream").is_none());
+    want["model"] = json!("fast");
 
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "fast", "the caller's model name comes back");
-    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["id"], "chatcmpl-up", "the upstream's id is kept");
+    let mut answer = completion("Bonjour", "length");
+    answer["model"] = json!("fast");
+    assert_eq!(body, answer, "the answer is the upstream's, but for model");
     assert_eq!(
         body["choices"][0]["message"],
         json!({"role": "assistant", "content": "Bonjour"})
@@ -273,7 +262,7 @@ async fn anthropic_translation_both_ways() {
             "model": "gpt-4o",
             "messages": [{"role": "system", "content": "One."}, {"role": "system", "content": "Two."},
                          {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Again"}],
-            "stop": ["X", "Y"], "temperature": 0.5, "seed": 1, "response_format": {"type": "json_object"}
+            "stop": ["X", "Y"], "temperature": 0.5, "seed": 1, "store": true, "response_format": {"type": "text"}
         }))
         .await;
     assert_eq!(status, 200, "{body}");
@@ -289,7 +278,7 @@ async fn anthropic_translation_both_ways() {
             "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Again"}],
             "temperature": 0.5, "stop_sequences": ["X", "Y"]
         }),
-        "system lifted, stop renamed, max_tokens defaulted, OpenAI-only fields dropped"
+        "system lifted, stop renamed, max_tokens defaulted, fields that cannot change the answer dropped"
     );
     assert_eq!(body["model"], "gpt-4o");
     assert_eq!(body["choices"][0]["message"]["content"], "Hello there");
@@ -641,7 +630,19 @@ async fn malformed_chat_requests_are_400s_naming_the_field() {
         ),
         (
             json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3}),
-            "params.max_tokens:",
+            "max_tokens: -3 is less than 1",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}),
+            "max_completion_tokens: 0 is less than 1",
+        ),
+        (
+            json!({"model": 5, "messages": [{"role": "user", "content": "x"}]}),
+            "model: invalid type: integer `5`",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream_options": 3}),
+            "stream_options: invalid type",
         ),
         (
             json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}),
@@ -1318,16 +1319,14 @@ async fn image_parts_reach_openai_compatible_and_anthropic_providers() {
         "the parts reach the upstream as sent"
     );
 
-    // Text-only parts are joined into one string, as before.
+    // Text-only parts reach an OpenAI-dialect upstream as sent too.
     up.reply(Reply::Json(200, completion("ok", "stop")));
+    let text_parts = json!([{"type": "text", "text": "Hello "}, {"type": "text", "text": "world"}]);
     let (status, _, _) = gw
-        .chat(
-            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "Hello "}, {"type": "text", "text": "world"}]}]}),
-        )
+        .chat(json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text_parts}]}))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(up.last().body["messages"][0]["content"], "Hello world");
+    assert_eq!(up.last().body["messages"][0]["content"], text_parts);
 
     // Anthropic: image blocks, from base64 data or from a URL.
     let up = Upstream::start().await;

@@ -118,6 +118,71 @@ struct MessagesRequest<'a> {
     tools: Option<Vec<Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<Value>,
+}
+
+/// The tool that carries a structured answer when the caller asked for one
+/// with `response_format`: the model is made to call it, and its input is
+/// the answer.
+pub const JSON_TOOL: &str = "json_response";
+
+/// `reasoning_effort` as a thinking budget, in tokens.
+fn thinking_budget(effort: &str) -> Option<Option<i64>> {
+    match effort {
+        "none" => Some(None),
+        "minimal" | "low" => Some(Some(1024)),
+        "medium" => Some(Some(4096)),
+        "high" => Some(Some(16384)),
+        _ => None,
+    }
+}
+
+/// What an OpenAI request field becomes on the way to an Anthropic provider,
+/// for the fields [`messages_request`] does not map itself.
+enum Fate {
+    /// It cannot change the answer (or has its default value): left out.
+    /// docs/CONFIG.md lists these.
+    Dropped,
+    /// Dropping it would change the answer: a 400 naming it, saying why.
+    Refused(&'static str),
+}
+
+/// The OpenAI fields with no Anthropic counterpart, by whether dropping them
+/// could change the answer. `value` decides for fields whose default is
+/// harmless.
+fn fate(field: &str, value: &Value) -> Fate {
+    let default = match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty() || a == &[Value::from("text")],
+        Value::String(_) => false,
+    };
+    match field {
+        // Bookkeeping, caching and latency hints: the answer is the same.
+        "store" | "metadata" | "service_tier" | "seed" | "prediction" | "prompt_cache_key"
+        | "stream_options" | "safety_identifier" => Fate::Dropped,
+        "logprobs" | "frequency_penalty" | "presence_penalty" | "logit_bias" | "modalities"
+            if default =>
+        {
+            Fate::Dropped
+        }
+        "logprobs" | "top_logprobs" => {
+            Fate::Refused("anthropic providers give no log probabilities")
+        }
+        "frequency_penalty" | "presence_penalty" | "logit_bias" => {
+            Fate::Refused("anthropic providers have no token penalties or biases")
+        }
+        "modalities" | "audio" => Fate::Refused("anthropic providers answer in text only"),
+        "functions" | "function_call" => Fate::Refused("use tools and tool_choice"),
+        _ => Fate::Refused("not supported by anthropic providers"),
+    }
 }
 
 #[derive(Serialize)]
@@ -164,20 +229,34 @@ fn messages_request<'a>(
             continue;
         }
         let calls = m.extra.as_ref().and_then(|e| e.get("tool_calls"));
+        let thinking = m.extra.as_ref().and_then(|e| e.get("thinking_blocks"));
         match (&m.role, calls) {
             (Role::System, _) => system.push(&m.content),
-            (Role::Assistant, Some(calls)) => {
-                let mut blocks = Vec::new();
+            (Role::Assistant, calls) if calls.is_some() || thinking.is_some() => {
+                // Signed thinking blocks go back first, as Anthropic wants
+                // them on a tool-using turn.
+                let mut blocks = match thinking {
+                    Some(Value::Array(b)) => b.clone(),
+                    Some(_) => {
+                        return Err(invalid(
+                            &format!("messages[{i}].thinking_blocks"),
+                            "must be an array",
+                        ));
+                    }
+                    None => Vec::new(),
+                };
                 if !m.content.is_empty() {
                     blocks.push(json!({"type": "text", "text": m.content}));
                 }
-                blocks.extend(tool_use_blocks(i, calls)?);
+                if let Some(calls) = calls {
+                    blocks.extend(tool_use_blocks(i, calls)?);
+                }
                 messages.push(WireMessage {
                     role: "assistant",
                     content: WireContent::Blocks(blocks),
                 });
             }
-            (Role::Assistant, None) => messages.push(WireMessage {
+            (Role::Assistant, _) => messages.push(WireMessage {
                 role: "assistant",
                 content: WireContent::Text(&m.content),
             }),
@@ -212,26 +291,94 @@ fn messages_request<'a>(
             }),
         }
     }
-    let extra = req.extra.as_deref();
-    if let Some(n) = extra.and_then(|e| e.get("n"))
-        && n != 1
-    {
-        return Err(invalid(
-            "n",
-            &format!("{n}: anthropic providers give one choice"),
-        ));
+    let mut tools = None;
+    let mut tool_choice = None;
+    let mut parallel = true;
+    let mut response_format = None;
+    let mut thinking = None;
+    let mut user = None;
+    let mut top_k = None;
+    for (field, value) in req.extra.iter().flat_map(|e| e.iter()) {
+        match field.as_str() {
+            "n" if value != 1 => {
+                return Err(invalid(
+                    "n",
+                    &format!("{value}: anthropic providers give one choice"),
+                ));
+            }
+            "n" => {}
+            "tools" if !value.is_null() => tools = Some(anthropic_tools(value)?),
+            "tool_choice" if !value.is_null() => {
+                tool_choice = Some(anthropic_tool_choice(value)?);
+            }
+            "parallel_tool_calls" => match value {
+                Value::Bool(b) => parallel = *b,
+                Value::Null => {}
+                _ => return Err(invalid("parallel_tool_calls", "must be a boolean")),
+            },
+            "response_format" => response_format = Some(value),
+            "reasoning_effort" => {
+                let effort = value.as_str().unwrap_or_default();
+                let budget = thinking_budget(effort).ok_or_else(|| {
+                    invalid(
+                        "reasoning_effort",
+                        "expected none, minimal, low, medium or high",
+                    )
+                })?;
+                thinking = budget.map(|b| json!({"type": "enabled", "budget_tokens": b}));
+            }
+            // Anthropic's own, as litellm and others send it.
+            "thinking" => thinking = Some(value.clone()),
+            "top_k" => top_k = Some(value.clone()),
+            "user" => match value {
+                Value::String(u) => user = Some(u.clone()),
+                Value::Null => {}
+                _ => return Err(invalid("user", "must be a string")),
+            },
+            "tools" | "tool_choice" => {}
+            other => {
+                if let Fate::Refused(why) = fate(other, value) {
+                    return Err(invalid(other, why));
+                }
+            }
+        }
     }
-    let tools = match extra.and_then(|e| e.get("tools")) {
-        None | Some(Value::Null) => None,
-        Some(tools) => Some(anthropic_tools(tools)?),
-    };
-    let tool_choice = match extra.and_then(|e| e.get("tool_choice")) {
-        None | Some(Value::Null) => None,
-        Some(choice) => Some(anthropic_tool_choice(choice)?),
+    if let Some(format) = response_format {
+        match structured_output(format)? {
+            None => {}
+            Some(tool) => {
+                if tool_choice.as_ref().is_some_and(|c| c["type"] != "auto") {
+                    return Err(invalid(
+                        "response_format",
+                        "anthropic providers give a structured answer by forcing a tool; tool_choice must be auto",
+                    ));
+                }
+                tools.get_or_insert_with(Vec::new).push(tool);
+                tool_choice = Some(json!({"type": "tool", "name": JSON_TOOL}));
+            }
+        }
+    }
+    if !parallel {
+        let choice = tool_choice.get_or_insert_with(|| json!({"type": "auto"}));
+        choice["disable_parallel_tool_use"] = json!(true);
+    }
+    let budget = thinking
+        .as_ref()
+        .and_then(|t| t["budget_tokens"].as_i64())
+        .unwrap_or(0);
+    let max_tokens = match req.params.max_tokens {
+        Some(n) if budget > 0 && n <= budget => {
+            return Err(invalid(
+                "max_tokens",
+                &format!("{n} leaves no room after a thinking budget of {budget} tokens"),
+            ));
+        }
+        Some(n) => n,
+        None => DEFAULT_MAX_TOKENS.max(budget + DEFAULT_MAX_TOKENS),
     };
     Ok(MessagesRequest {
         model,
-        max_tokens: req.params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        max_tokens,
         messages,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         // Anthropic's range is [0, 1]; OpenAI's is [0, 2].
@@ -241,7 +388,51 @@ fn messages_request<'a>(
         stream,
         tools,
         tool_choice,
+        thinking,
+        metadata: user.map(|u| json!({"user_id": u})),
+        top_k,
     })
+}
+
+/// OpenAI's `response_format` as the tool that carries the answer: `None`
+/// for plain text.
+fn structured_output(format: &Value) -> Result<Option<Value>, ProviderError> {
+    match format["type"].as_str() {
+        None if format.is_null() => Ok(None),
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({
+            "name": JSON_TOOL,
+            "description": "Answer with a JSON object.",
+            "input_schema": {"type": "object", "additionalProperties": true},
+        }))),
+        Some("json_schema") => {
+            let spec = &format["json_schema"];
+            let schema = match &spec["schema"] {
+                Value::Object(_) => spec["schema"].clone(),
+                _ => {
+                    return Err(invalid(
+                        "response_format.json_schema.schema",
+                        "must be a JSON schema object",
+                    ));
+                }
+            };
+            let mut description = String::from("Answer with JSON that matches the schema");
+            if let Some(name) = spec["name"].as_str() {
+                description.push_str(&format!(" \"{name}\""));
+            }
+            if let Some(d) = spec["description"].as_str() {
+                description.push_str(": ");
+                description.push_str(d);
+            }
+            Ok(Some(
+                json!({"name": JSON_TOOL, "description": description, "input_schema": schema}),
+            ))
+        }
+        _ => Err(invalid(
+            "response_format.type",
+            "expected text, json_object or json_schema",
+        )),
+    }
 }
 
 /// OpenAI content parts as Anthropic content blocks: text stays text;
@@ -366,6 +557,16 @@ fn anthropic_tool_choice(choice: &Value) -> Result<Value, ProviderError> {
     }
 }
 
+/// Whether the caller asked for a structured answer (`response_format`
+/// json_object or json_schema), which comes as the input of [`JSON_TOOL`].
+fn structured(req: &InferRequest) -> bool {
+    req.extra
+        .as_ref()
+        .and_then(|e| e.get("response_format"))
+        .and_then(|f| f["type"].as_str())
+        .is_some_and(|t| t == "json_object" || t == "json_schema")
+}
+
 /// Anthropic `tool_use` blocks as OpenAI `tool_calls`.
 fn openai_tool_calls(blocks: &[ContentBlock]) -> Option<Value> {
     let calls: Vec<Value> = blocks
@@ -394,6 +595,7 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 
 #[derive(Deserialize)]
 struct MessagesResponse {
+    id: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
     #[serde(default)]
@@ -415,6 +617,10 @@ struct ContentBlock {
     #[serde(default)]
     name: String,
     input: Option<Value>,
+    // thinking blocks
+    thinking: Option<String>,
+    signature: Option<String>,
+    data: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy, Default)]
@@ -423,6 +629,29 @@ struct Usage {
     input_tokens: u64,
     #[serde(default)]
     output_tokens: u64,
+    #[serde(default, deserialize_with = "null_as_zero")]
+    cache_read_input_tokens: u64,
+    #[serde(default, deserialize_with = "null_as_zero")]
+    cache_creation_input_tokens: u64,
+}
+
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
+}
+
+impl Usage {
+    /// Anthropic's `input_tokens` leaves cache reads and writes out;
+    /// infermux's input counts every input token.
+    fn input(self) -> infermux::Usage {
+        infermux::Usage {
+            input: self.input_tokens
+                + self.cache_read_input_tokens
+                + self.cache_creation_input_tokens,
+            cached_input: self.cache_read_input_tokens,
+            cache_write: self.cache_creation_input_tokens,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -455,6 +684,7 @@ struct Delta {
     kind: Option<String>,
     text: Option<String>,
     partial_json: Option<String>,
+    thinking: Option<String>,
     stop_reason: Option<String>,
 }
 
@@ -484,7 +714,8 @@ impl Provider for AnthropicProvider {
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
         let body = messages_request(ctx.model, req, false)?;
-        let parsed: MessagesResponse = self.upstream.call_json(self.post(ctx, &body)?).await?;
+        let answer = self.upstream.call_success(self.post(ctx, &body)?).await?;
+        let parsed: MessagesResponse = self.upstream.read_json(&answer)?;
         if parsed.kind.as_deref() == Some("error") || parsed.error.is_some() {
             let message = parsed.error.map(|e| e.message).unwrap_or_default();
             return Err(ProviderError::Unavailable(format!(
@@ -492,26 +723,69 @@ impl Provider for AnthropicProvider {
                 self.name
             )));
         }
-        let content: String = parsed
+        // A structured answer came as the forced tool's input.
+        let structured = parsed
             .content
             .iter()
-            .filter(|b| b.kind == "text")
-            .map(|b| b.text.as_str())
-            .collect();
-        let (tokens_in, tokens_out, usage_estimated) = match parsed.usage {
-            Some(u) => (u.input_tokens, u.output_tokens, false),
-            None => (tokens::prompt(&req.messages), tokens::count(&content), true),
+            .find(|b| b.kind == "tool_use" && b.name == JSON_TOOL && structured(req))
+            .and_then(|b| b.input.as_ref().map(Value::to_string));
+        let content: String = match &structured {
+            Some(json) => json.clone(),
+            None => parsed
+                .content
+                .iter()
+                .filter(|b| b.kind == "text")
+                .map(|b| b.text.as_str())
+                .collect(),
         };
-        Ok(InferResponse {
+        let reasoning: String = parsed
+            .content
+            .iter()
+            .filter_map(|b| b.thinking.as_deref())
+            .collect();
+        let thinking_blocks: Vec<Value> = parsed
+            .content
+            .iter()
+            .filter_map(|b| match b.kind.as_str() {
+                "thinking" => Some(json!({"type": "thinking",
+                    "thinking": b.thinking.as_deref().unwrap_or_default(),
+                    "signature": b.signature.as_deref().unwrap_or_default()})),
+                "redacted_thinking" => Some(json!({"type": "redacted_thinking",
+                    "data": b.data.as_deref().unwrap_or_default()})),
+                _ => None,
+            })
+            .collect();
+        let mut resp = InferResponse {
+            finish_reason: match structured {
+                Some(_) => "stop",
+                None => finish_reason(parsed.stop_reason.as_deref().unwrap_or("end_turn")),
+            }
+            .to_owned(),
+            tool_calls: match structured {
+                Some(_) => None,
+                None => openai_tool_calls(&parsed.content).map(std::sync::Arc::new),
+            },
+            reasoning: (!reasoning.is_empty()).then_some(reasoning),
+            thinking_blocks: (!thinking_blocks.is_empty())
+                .then(|| std::sync::Arc::new(Value::Array(thinking_blocks))),
+            upstream_id: parsed.id,
+            upstream_request_id: answer.request_id.as_deref().map(str::to_owned),
             content,
-            tokens_in,
-            tokens_out,
-            finish_reason: finish_reason(parsed.stop_reason.as_deref().unwrap_or("end_turn"))
-                .to_owned(),
-            usage_estimated,
-            tool_calls: openai_tool_calls(&parsed.content).map(std::sync::Arc::new),
             ..Default::default()
-        })
+        };
+        match parsed.usage {
+            Some(u) => {
+                let mut usage = u.input();
+                usage.output = u.output_tokens;
+                resp.set_usage(usage);
+            }
+            None => {
+                resp.tokens_in = tokens::prompt(&req.messages);
+                resp.tokens_out = tokens::count(&resp.content);
+                resp.usage_estimated = true;
+            }
+        }
+        Ok(resp)
     }
 
     async fn infer_stream(
@@ -522,9 +796,13 @@ impl Provider for AnthropicProvider {
         let body = messages_request(ctx.model, req, true)?;
         let resp = self.upstream.call_stream(self.post(ctx, &body)?).await?;
         let provider = self.upstream.provider().clone();
-        Ok(http::chunk_stream(resp, provider.clone(), &req.messages, {
+        let structured = structured(req);
+        let prompt = http::Prompt::of(req, false);
+        Ok(http::chunk_stream(resp, provider.clone(), prompt, {
             // Anthropic numbers content blocks; OpenAI numbers tool calls.
             let mut tool_index: Vec<u64> = Vec::new();
+            // The block carrying a structured answer, once it starts.
+            let mut answer_block: Option<u64> = None;
             move |event| {
                 let parsed: StreamEvent = serde_json::from_str(&event.data).map_err(|e| {
                     ProviderError::Unavailable(format!(
@@ -534,13 +812,14 @@ impl Provider for AnthropicProvider {
                 let mut chunk = InferChunk::default();
                 match parsed.kind.as_str() {
                     "message_start" => {
-                        chunk.tokens_in = parsed
-                            .message
-                            .and_then(|m| m.usage)
-                            .unwrap_or_default()
-                            .input_tokens;
+                        let usage = parsed.message.and_then(|m| m.usage).unwrap_or_default();
+                        chunk.set_usage(usage.input());
                     }
                     "content_block_start" => match parsed.content_block {
+                        Some(b) if b.kind == "tool_use" && structured && b.name == JSON_TOOL => {
+                            answer_block = parsed.index;
+                            return Ok(http::Step::Skip);
+                        }
                         Some(b) if b.kind == "tool_use" => {
                             let index = tool_index.len();
                             tool_index.push(parsed.index.unwrap_or_default());
@@ -557,21 +836,37 @@ impl Provider for AnthropicProvider {
                         }) if k == "text_delta" => chunk.delta = text,
                         Some(Delta {
                             kind: Some(k),
+                            thinking: Some(text),
+                            ..
+                        }) if k == "thinking_delta" => chunk.reasoning = Some(text),
+                        Some(Delta {
+                            kind: Some(k),
                             partial_json: Some(json),
                             ..
                         }) if k == "input_json_delta" => {
                             let block = parsed.index.unwrap_or_default();
-                            let Some(index) = tool_index.iter().position(|&b| b == block) else {
-                                return Ok(http::Step::Skip);
-                            };
-                            chunk.tool_calls =
-                                Some(json!([{"index": index, "function": {"arguments": json}}]));
+                            if answer_block == Some(block) {
+                                chunk.delta = json;
+                            } else {
+                                let Some(index) = tool_index.iter().position(|&b| b == block)
+                                else {
+                                    return Ok(http::Step::Skip);
+                                };
+                                chunk.tool_calls = Some(
+                                    json!([{"index": index, "function": {"arguments": json}}]),
+                                );
+                            }
                         }
+                        // signature_delta and new kinds.
                         _ => return Ok(http::Step::Skip),
                     },
                     "message_delta" => {
                         if let Some(reason) = parsed.delta.and_then(|d| d.stop_reason) {
-                            chunk.finish_reason = finish_reason(&reason).to_owned();
+                            chunk.finish_reason = match answer_block {
+                                Some(_) => "stop",
+                                None => finish_reason(&reason),
+                            }
+                            .to_owned();
                         }
                         chunk.tokens_out = parsed.usage.unwrap_or_default().output_tokens;
                     }

@@ -63,6 +63,8 @@ impl std::fmt::Debug for Upstream {
 pub struct Answer {
     pub status: http::StatusCode,
     pub body: Bytes,
+    /// The upstream's `x-request-id` or `request-id` header.
+    pub request_id: Option<Box<str>>,
 }
 
 /// An answer whose body is still arriving.
@@ -71,6 +73,7 @@ pub struct Streaming {
     /// Whether its `Content-Type` is `text/event-stream` (the one thing
     /// callers read of its headers).
     pub event_stream: bool,
+    pub request_id: Option<Box<str>>,
     pub body: BodyStream,
 }
 
@@ -147,7 +150,7 @@ impl Upstream {
                         .collect(body_limit(resp.status))
                         .await
                         .map_err(|e| plain::transport_error(&e, &self.provider))?;
-                    self.answer(resp.status, collected)
+                    self.answer(resp.status, collected, resp.request_id)
                 };
                 tokio::time::timeout(self.timeout, exchange)
                     .await
@@ -162,6 +165,7 @@ impl Upstream {
     async fn call_pooled(&self, clients: &Clients, req: Request) -> Result<Answer, ProviderError> {
         let mut resp = self.execute(clients, req, Some(self.timeout)).await?;
         let status = resp.status();
+        let request_id = pooled_request_id(resp.headers());
         let mut gather = plain::Gather::new(body_limit(status));
         let collected = loop {
             match resp.chunk().await {
@@ -174,7 +178,7 @@ impl Upstream {
                 Err(e) => return Err(transport_error(&e, &self.provider)),
             }
         };
-        self.answer(status, collected)
+        self.answer(status, collected, request_id)
     }
 
     /// An answer read within its limit: a 2xx cut short is a failure (502);
@@ -183,9 +187,14 @@ impl Upstream {
         &self,
         status: http::StatusCode,
         collected: plain::Collected,
+        request_id: Option<Box<str>>,
     ) -> Result<Answer, ProviderError> {
         match collected {
-            plain::Collected::Whole(body) => Ok(Answer { status, body }),
+            plain::Collected::Whole(body) => Ok(Answer {
+                status,
+                body,
+                request_id,
+            }),
             plain::Collected::Cut(_) if status.is_success() => {
                 Err(ProviderError::Unavailable(format!(
                     "provider \"{}\" sent an answer larger than {} MiB",
@@ -193,7 +202,11 @@ impl Upstream {
                     MAX_ANSWER >> 20
                 )))
             }
-            plain::Collected::Cut(body) => Ok(Answer { status, body }),
+            plain::Collected::Cut(body) => Ok(Answer {
+                status,
+                body,
+                request_id,
+            }),
         }
     }
 
@@ -209,6 +222,7 @@ impl Upstream {
                 Ok(Streaming {
                     status: resp.status,
                     event_stream: resp.event_stream,
+                    request_id: resp.request_id,
                     body: plain_stream(resp.body, self.timeout, self.provider.clone()),
                 })
             }
@@ -218,6 +232,7 @@ impl Upstream {
                 let mut failed = false;
                 Ok(Streaming {
                     status: resp.status(),
+                    request_id: pooled_request_id(resp.headers()),
                     event_stream: plain::is_event_stream(
                         resp.headers()
                             .get(http::header::CONTENT_TYPE)
@@ -265,16 +280,37 @@ impl Upstream {
             .map_err(|e| transport_error(&e, &self.provider))
     }
 
+    /// Sends `req` and wants a 2xx answer, read whole; anything else is the
+    /// matching [`ProviderError`].
+    pub async fn call_success(&self, req: Request) -> Result<Answer, ProviderError> {
+        let answer = self.call(req).await?;
+        if !answer.status.is_success() {
+            return Err(error_from(answer.status, &answer.body, &self.provider));
+        }
+        Ok(answer)
+    }
+
+    /// `answer`'s body as `T` (borrowing from it), or the 502 an unreadable
+    /// body is.
+    pub fn read_json<'a, T: serde::Deserialize<'a>>(
+        &self,
+        answer: &'a Answer,
+    ) -> Result<T, ProviderError> {
+        infermux::json::from_slice_untracked(&answer.body).map_err(|e| {
+            ProviderError::Unavailable(format!(
+                "provider \"{}\" sent an unreadable body: {e}",
+                self.provider
+            ))
+        })
+    }
+
     /// Sends `req` and reads a 2xx JSON answer as `T`; anything else is the
     /// matching [`ProviderError`].
     pub async fn call_json<T: serde::de::DeserializeOwned>(
         &self,
         req: Request,
     ) -> Result<T, ProviderError> {
-        let answer = self.call(req).await?;
-        if !answer.status.is_success() {
-            return Err(error_from(answer.status, &answer.body, &self.provider));
-        }
+        let answer = self.call_success(req).await?;
         infermux::json::from_slice_untracked(&answer.body).map_err(|e| {
             ProviderError::Unavailable(format!(
                 "provider \"{}\" sent an unreadable body: {e}",
@@ -295,14 +331,14 @@ impl Upstream {
 
     /// Sends a streaming `req` and checks that a 2xx event stream comes back;
     /// its body is returned.
-    pub async fn call_stream(&self, req: Request) -> Result<BodyStream, ProviderError> {
+    pub async fn call_stream(&self, req: Request) -> Result<Streaming, ProviderError> {
         let resp = self.open(req).await?;
         if !resp.status.is_success() {
             let body = collect(resp.body).await;
             return Err(error_from(resp.status, &body, &self.provider));
         }
         if resp.event_stream {
-            return Ok(resp.body);
+            return Ok(resp);
         }
         let body = collect(resp.body).await;
         Err(ProviderError::Unavailable(format!(
@@ -311,6 +347,14 @@ impl Upstream {
             upstream_message(&body)
         )))
     }
+}
+
+/// The request id header of a reqwest answer.
+fn pooled_request_id(headers: &http::HeaderMap) -> Option<Box<str>> {
+    headers
+        .get("x-request-id")
+        .or_else(|| headers.get("request-id"))
+        .and_then(|v| plain::request_id_of(v.as_bytes()))
 }
 
 /// How much of an answer with `status` is read.
@@ -356,12 +400,17 @@ pub fn json<T: serde::Serialize>(
 ) -> Result<Request, ProviderError> {
     let body = infermux::json::to_vec(body)
         .map_err(|e| ProviderError::Internal(format!("cannot encode the upstream request: {e}")))?;
+    Ok(json_bytes(req, body))
+}
+
+/// `req` with `body`, JSON already encoded.
+pub fn json_bytes(req: http::Request<()>, body: Vec<u8>) -> Request {
     let mut req = req.map(|()| Bytes::from(body));
     req.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    Ok(req)
+    req
 }
 
 /// `req` without a body.
@@ -560,6 +609,10 @@ pub fn events(
 }
 
 /// What one upstream event means for the reply.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per stream event, moved once: boxing would allocate for each"
+)]
 pub enum Step {
     /// A piece of the reply (empty pieces are skipped).
     Chunk(infermux::InferChunk),
@@ -578,9 +631,73 @@ struct ChunkState<F> {
     provider: Arc<str>,
     done: bool,
     /// For an estimate when the upstream reports no usage.
-    prompt: Vec<infermux::ChatMessage>,
+    prompt: Prompt,
     text: String,
     saw_usage: bool,
+    /// Goes with the first chunk.
+    request_id: Option<Box<str>>,
+}
+
+/// What a stream's prompt was, for an estimate of its tokens when the
+/// upstream reports none.
+pub enum Prompt {
+    Messages(Vec<infermux::ChatMessage>),
+    /// A body passed through: the estimate counts all of it (tools
+    /// included), and nothing is copied unless the estimate is needed.
+    Raw(Arc<infermux::raw::RawRequest>),
+}
+
+impl Prompt {
+    /// The prompt of `req`: its body when it goes through as sent.
+    pub fn of(req: &infermux::InferRequest, passthrough: bool) -> Self {
+        match (&req.passthrough, passthrough) {
+            (Some(raw), true) => Prompt::Raw(raw.clone()),
+            _ => Prompt::Messages(req.messages.clone()),
+        }
+    }
+
+    fn tokens(&self) -> u64 {
+        match self {
+            Prompt::Messages(m) => crate::tokens::prompt(m),
+            Prompt::Raw(raw) => raw_prompt_tokens(raw.body()),
+        }
+    }
+}
+
+/// The prompt estimate of an OpenAI request body, as
+/// [`crate::tokens::prompt`] counts its messages (text parts joined).
+pub fn raw_prompt_tokens(body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        messages: Vec<Message>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        #[serde(default)]
+        role: String,
+        #[serde(default)]
+        content: serde_json::Value,
+    }
+    let Ok(b) = infermux::json::from_slice_untracked::<Body>(body) else {
+        return 0;
+    };
+    let messages: Vec<infermux::ChatMessage> = b
+        .messages
+        .into_iter()
+        .map(|m| {
+            let text = match m.content {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+                    .collect(),
+                _ => String::new(),
+            };
+            infermux::ChatMessage::new(infermux::Role::parse(&m.role), text)
+        })
+        .collect();
+    crate::tokens::prompt(&messages)
 }
 
 /// Turns an SSE response into the provider's chunk stream, `parse` reading each
@@ -589,22 +706,23 @@ struct ChunkState<F> {
 /// truncated reply. When the upstream reported no usage by then, a last chunk
 /// carries an estimate (see [`crate::tokens`]).
 pub fn chunk_stream<F>(
-    body: BodyStream,
+    resp: Streaming,
     provider: Arc<str>,
-    prompt: &[infermux::ChatMessage],
+    prompt: Prompt,
     parse: F,
 ) -> infermux::ChunkStream
 where
-    F: FnMut(&sse::Event) -> Result<Step, ProviderError> + Send + 'static,
+    F: FnMut(sse::Event) -> Result<Step, ProviderError> + Send + 'static,
 {
     let state = ChunkState {
-        events: Box::pin(events(body, provider.clone())),
+        events: Box::pin(events(resp.body, provider.clone())),
         parse,
         provider,
         done: false,
-        prompt: prompt.to_vec(),
+        prompt,
         text: String::new(),
         saw_usage: false,
+        request_id: resp.request_id,
     };
     Box::pin(futures_util::stream::unfold(state, |mut s| async move {
         if s.done {
@@ -617,14 +735,14 @@ where
                     s.provider
                 )),
                 Some(Err(e)) => e,
-                Some(Ok(event)) => match (s.parse)(&event) {
+                Some(Ok(event)) => match (s.parse)(event) {
                     Ok(Step::Done) => {
                         s.done = true;
                         if s.saw_usage {
                             return None;
                         }
                         let estimate = infermux::InferChunk {
-                            tokens_in: crate::tokens::prompt(&s.prompt),
+                            tokens_in: s.prompt.tokens(),
                             tokens_out: crate::tokens::count(&s.text),
                             usage_estimated: true,
                             ..Default::default()
@@ -632,18 +750,24 @@ where
                         return Some((Ok(estimate), s));
                     }
                     Ok(Step::Skip) => continue,
-                    Ok(Step::Chunk(c)) => {
+                    Ok(Step::Chunk(mut c)) => {
                         if c.delta.is_empty()
                             && c.finish_reason.is_empty()
-                            && c.tokens_in == 0
-                            && c.tokens_out == 0
+                            && c.usage().is_empty()
                             && c.tool_calls.is_none()
-                            && c.choices.is_none()
+                            && c.reasoning.is_none()
+                            && c.raw.is_none()
                         {
                             continue;
                         }
                         s.saw_usage |= c.tokens_in > 0 || c.tokens_out > 0;
-                        s.text.push_str(&c.delta);
+                        // Kept only while an estimate may still be needed.
+                        if !s.saw_usage {
+                            s.text.push_str(&c.delta);
+                        }
+                        if let Some(id) = s.request_id.take() {
+                            c.upstream_request_id = Some(id.into());
+                        }
                         return Some((Ok(c), s));
                     }
                     Err(e) => e,

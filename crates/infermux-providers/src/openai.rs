@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use infermux::config::{ProviderConfig, ProviderKind};
 use infermux::{
     CallContext, ChunkStream, EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse,
-    Provider, ProviderError, RawJson,
+    Provider, ProviderError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -160,6 +160,28 @@ impl OpenAiProvider {
         http::head(method, uri, self.auth.clone())
     }
 
+    /// The chat completion body for `req`: the caller's own bytes when it
+    /// speaks OpenAI's dialect (SPEC §11), else `req` encoded.
+    fn chat_body(
+        &self,
+        ctx: &CallContext<'_>,
+        req: &InferRequest,
+        stream: bool,
+    ) -> Result<(http::Request, bool), ProviderError> {
+        let head = self.request(::http::Method::POST, self.url(ctx.model, Endpoint::Chat)?);
+        let head = http::with_traceparent(head, ctx);
+        match passthrough(req) {
+            Some(raw) => Ok((
+                http::json_bytes(head, raw.body_for(ctx.model, stream)),
+                true,
+            )),
+            None => Ok((
+                http::json(head, &chat_request(ctx.model, req, stream))?,
+                false,
+            )),
+        }
+    }
+
     /// A JSON POST to `endpoint`, with the key and the call's trace context.
     fn post<T: Serialize>(
         &self,
@@ -170,6 +192,13 @@ impl OpenAiProvider {
         let req = self.request(::http::Method::POST, self.url(ctx.model, endpoint)?);
         http::json(http::with_traceparent(req, ctx), body)
     }
+}
+
+/// The caller's body, when it is an OpenAI chat completion request.
+fn passthrough(req: &InferRequest) -> Option<&infermux::raw::RawRequest> {
+    req.passthrough
+        .as_deref()
+        .filter(|r| r.dialect == infermux::raw::Dialect::OpenAiChat)
 }
 
 #[derive(Serialize)]
@@ -243,10 +272,15 @@ fn chat_request<'a>(model: &'a str, req: &'a InferRequest, stream: bool) -> Chat
     }
 }
 
+/// A chat completion or one stream chunk: what infermux reads of it. `model`
+/// is kept as the upstream's bytes, to be replaced in place.
 #[derive(Deserialize)]
-struct ChatResponse {
-    /// Kept as sent, for the caller; read again, typed, for the first choice.
-    choices: Option<Box<RawValue>>,
+struct ChatResponse<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    id: Option<String>,
+    #[serde(default)]
+    choices: Vec<Choice>,
     usage: Option<Usage>,
     error: Option<Value>,
 }
@@ -260,36 +294,55 @@ struct Choice {
     finish_reason: Option<String>,
 }
 
-/// The typed choices of a raw `choices` array, and the array itself when it
-/// has any (a usage-only stream chunk has none).
-fn read_choices(
-    raw: Option<Box<RawValue>>,
-    provider: &str,
-) -> Result<(Vec<Choice>, Option<RawJson>), ProviderError> {
-    let Some(raw) = raw else {
-        return Ok((Vec::new(), None));
-    };
-    let choices: Vec<Choice> = serde_json::from_str(raw.get()).map_err(|e| {
-        ProviderError::Unavailable(format!(
-            "provider \"{provider}\" sent unreadable choices: {e}"
-        ))
-    })?;
-    let raw = (!choices.is_empty()).then(|| RawJson::new(raw));
-    Ok((choices, raw))
-}
-
 #[derive(Deserialize)]
 struct ChoiceMessage {
     content: Option<String>,
     tool_calls: Option<Value>,
+    /// DeepSeek, vLLM and other OpenAI-compatible servers' reasoning text.
+    reasoning_content: Option<String>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+/// OpenAI's usage, with its details by token kind.
+#[derive(Deserialize, Clone, Copy, Default)]
 pub(crate) struct Usage {
     #[serde(default)]
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    prompt_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+struct PromptDetails {
+    #[serde(default, deserialize_with = "null_as_zero")]
+    cached_tokens: u64,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+struct CompletionDetails {
+    #[serde(default, deserialize_with = "null_as_zero")]
+    reasoning_tokens: u64,
+}
+
+/// Some servers send `null` for a count they do not keep.
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
+}
+
+impl Usage {
+    fn kinds(self) -> infermux::Usage {
+        infermux::Usage {
+            input: self.prompt_tokens,
+            output: self.completion_tokens,
+            cached_input: self.prompt_tokens_details.unwrap_or_default().cached_tokens,
+            cache_write: 0,
+            reasoning: self
+                .completion_tokens_details
+                .unwrap_or_default()
+                .reasoning_tokens,
+        }
+    }
 }
 
 fn error_body(provider: &str, error: &Value) -> ProviderError {
@@ -357,36 +410,51 @@ impl Provider for OpenAiProvider {
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
-        let request = self.post(ctx, Endpoint::Chat, &chat_request(ctx.model, req, false))?;
-        let parsed: ChatResponse = self.upstream.call_json(request).await?;
+        let (request, passed) = self.chat_body(ctx, req, false)?;
+        let answer = self.upstream.call_success(request).await?;
+        let parsed: ChatResponse<'_> = self.upstream.read_json(&answer)?;
         if let Some(error) = &parsed.error {
             return Err(error_body(&self.name, error));
         }
-        let (choices, raw) = read_choices(parsed.choices, &self.name)?;
-        let Some(choice) = choices.into_iter().find(|c| c.index == 0) else {
+        let Some(choice) = parsed.choices.into_iter().find(|c| c.index == 0) else {
             return Err(ProviderError::Unavailable(format!(
                 "provider \"{}\" answered with no choices",
                 self.name
             )));
         };
-        let (content, tool_calls) = match choice.message {
-            Some(m) => (m.content.unwrap_or_default(), m.tool_calls),
-            None => (String::new(), None),
+        let (content, tool_calls, reasoning) = match choice.message {
+            Some(m) => (
+                m.content.unwrap_or_default(),
+                m.tool_calls,
+                m.reasoning_content,
+            ),
+            None => (String::new(), None, None),
         };
-        let (tokens_in, tokens_out, usage_estimated) = match parsed.usage {
-            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
-            None => (tokens::prompt(&req.messages), tokens::count(&content), true),
-        };
-        Ok(InferResponse {
+        let raw = passed.then(|| {
+            let model = parsed
+                .model
+                .and_then(|m| infermux::raw::range_in(&answer.body, m));
+            infermux::raw::RawAnswer::new(answer.body.clone(), model)
+        });
+        let mut resp = InferResponse {
             content,
-            tokens_in,
-            tokens_out,
             finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".to_owned()),
-            usage_estimated,
             tool_calls: tool_calls.map(Arc::new),
-            choices: raw,
+            reasoning,
+            upstream_id: parsed.id,
+            upstream_request_id: answer.request_id.as_deref().map(str::to_owned),
+            raw,
             ..Default::default()
-        })
+        };
+        match parsed.usage {
+            Some(u) => resp.set_usage(u.kinds()),
+            None => {
+                resp.tokens_in = tokens::prompt(&req.messages);
+                resp.tokens_out = tokens::count(&resp.content);
+                resp.usage_estimated = true;
+            }
+        }
+        Ok(resp)
     }
 
     /// Lists the models (`GET {base_url}/models`; Azure: the resource's
@@ -440,41 +508,46 @@ impl Provider for OpenAiProvider {
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
-        let body = chat_request(ctx.model, req, true);
-        let resp = self
-            .upstream
-            .call_stream(self.post(ctx, Endpoint::Chat, &body)?)
-            .await?;
+        let (request, passed) = self.chat_body(ctx, req, true)?;
+        let resp = self.upstream.call_stream(request).await?;
         let provider = self.upstream.provider().clone();
+        let prompt = http::Prompt::of(req, passed);
         Ok(http::chunk_stream(
             resp,
             provider.clone(),
-            &req.messages,
+            prompt,
             move |event| {
                 if event.data == "[DONE]" {
                     return Ok(http::Step::Done);
                 }
-                let parsed: ChatResponse = serde_json::from_str(&event.data).map_err(|e| {
-                    ProviderError::Unavailable(format!(
-                        "provider \"{provider}\" sent an unreadable stream event: {e}"
-                    ))
-                })?;
+                let data = bytes::Bytes::from(event.data);
+                let parsed: ChatResponse<'_> = infermux::json::from_slice_untracked(&data)
+                    .map_err(|e| {
+                        ProviderError::Unavailable(format!(
+                            "provider \"{provider}\" sent an unreadable stream event: {e}"
+                        ))
+                    })?;
                 if let Some(error) = &parsed.error {
                     return Err(error_body(&provider, error));
                 }
                 let mut chunk = InferChunk::default();
-                let (choices, raw) = read_choices(parsed.choices, &provider)?;
-                chunk.choices = raw;
-                if let Some(choice) = choices.into_iter().find(|c| c.index == 0) {
+                let no_choices = parsed.choices.is_empty();
+                if let Some(choice) = parsed.choices.into_iter().find(|c| c.index == 0) {
                     if let Some(d) = choice.delta {
                         chunk.delta = d.content.unwrap_or_default();
                         chunk.tool_calls = d.tool_calls;
+                        chunk.reasoning = d.reasoning_content;
                     }
                     chunk.finish_reason = choice.finish_reason.unwrap_or_default();
                 }
                 if let Some(u) = parsed.usage {
-                    chunk.tokens_in = u.prompt_tokens;
-                    chunk.tokens_out = u.completion_tokens;
+                    chunk.set_usage(u.kinds());
+                }
+                if passed {
+                    let model = parsed.model.and_then(|m| infermux::raw::range_in(&data, m));
+                    let mut raw = infermux::raw::RawAnswer::new(data.clone(), model);
+                    raw.only_usage = no_choices && parsed.usage.is_some();
+                    chunk.raw = Some(raw);
                 }
                 Ok(http::Step::Chunk(chunk))
             },

@@ -238,6 +238,8 @@ pub struct Response {
     /// Whether its `Content-Type` is `text/event-stream` (the one thing
     /// callers read of its headers).
     pub event_stream: bool,
+    /// The upstream's `x-request-id` or `request-id` header.
+    pub request_id: Option<Box<str>>,
     pub body: Body,
 }
 
@@ -366,6 +368,7 @@ impl Plain {
         Response {
             status: head.status,
             event_stream: head.event_stream,
+            request_id: head.request_id,
             body,
         }
     }
@@ -415,6 +418,12 @@ enum Failed {
     Sent(Error),
 }
 
+/// An upstream request id worth passing on: short printable ASCII.
+pub fn request_id_of(value: &[u8]) -> Option<Box<str>> {
+    let ok = !value.is_empty() && value.len() <= 200 && value.iter().all(|b| b.is_ascii_graphic());
+    ok.then(|| String::from_utf8_lossy(value).into())
+}
+
 /// A transport failure as the contract's: the upstream's fault, retryable.
 pub fn transport_error(e: &Error, provider: &str) -> ProviderError {
     ProviderError::Unavailable(format!("provider \"{provider}\": {e}"))
@@ -424,6 +433,7 @@ pub fn transport_error(e: &Error, provider: &str) -> ProviderError {
 struct Head {
     status: http::StatusCode,
     event_stream: bool,
+    request_id: Option<Box<str>>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -517,6 +527,7 @@ fn parse_head_in<'b>(
     let mut length: Option<u64> = None;
     let mut coded = None;
     let mut event_stream = false;
+    let mut request_id = None;
     for h in resp.headers.iter() {
         // Only the headers that frame the body and the content type are
         // read; the others are not kept.
@@ -550,6 +561,10 @@ fn parse_head_in<'b>(
             }
         } else if name.eq_ignore_ascii_case("content-type") {
             event_stream = is_event_stream(Some(h.value));
+        } else if name.eq_ignore_ascii_case("x-request-id")
+            || name.eq_ignore_ascii_case("request-id")
+        {
+            request_id = request_id_of(h.value);
         }
     }
     let framing = if status.is_informational()
@@ -575,6 +590,7 @@ fn parse_head_in<'b>(
     let head = Head {
         status,
         event_stream,
+        request_id,
         framing,
         keep_alive,
     };

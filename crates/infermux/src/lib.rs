@@ -27,6 +27,7 @@ pub mod json;
 pub mod metrics;
 pub mod provider;
 pub mod ratelimit;
+pub mod raw;
 pub mod redact;
 pub mod registry;
 pub mod router;
@@ -45,7 +46,7 @@ pub use router::{RequestContext, Router};
 pub use trace::{NoopSink, SpanSink, TraceContext, TraceSpan};
 pub use types::{
     ChatMessage, EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, Params,
-    RawJson, Role,
+    RawJson, Role, Usage,
 };
 
 /// Maximum size of one MIST message or HTTP request body, in bytes (10 MiB).

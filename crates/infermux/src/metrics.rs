@@ -63,9 +63,30 @@ struct Handles {
     requests: Counter,
     duration: Histogram,
     /// Made when first needed (a series appears with its first count).
-    tokens_in: Option<Counter>,
-    tokens_out: Option<Counter>,
+    /// By [`DIRECTIONS`].
+    tokens: [Option<Counter>; 5],
     cost: Option<Counter<f64, AtomicU64>>,
+}
+
+/// The `direction` label values of `infermux_tokens_total`, in the order of
+/// [`token_counts`]. `cached_input` and `cache_write` are part of `input`,
+/// `reasoning` of `output`.
+pub const DIRECTIONS: [&str; 5] = [
+    "input",
+    "output",
+    "cached_input",
+    "cache_write",
+    "reasoning",
+];
+
+fn token_counts(a: &crate::trace::SpanAttrs) -> [u64; 5] {
+    [
+        a.tokens_in,
+        a.tokens_out,
+        a.tokens_cached,
+        a.tokens_cache_write,
+        a.tokens_reasoning,
+    ]
 }
 
 /// Handles kept per thread, at most this many (then the cache starts over).
@@ -121,7 +142,7 @@ impl Metrics {
         );
         registry.register(
             "infermux_tokens",
-            "Tokens, by provider, model and direction (input or output)",
+            "Tokens, by provider, model and direction (input, output; cached_input and cache_write are part of input, reasoning of output)",
             tokens.clone(),
         );
         registry.register(
@@ -180,7 +201,7 @@ impl Metrics {
                 let counted = HANDLES.try_with(|cache| {
                     let mut cache = cache.borrow_mut();
                     let h = self.handles(&mut cache, &provider, &model);
-                    self.count_ok(h, seconds, a.tokens_in, a.tokens_out, a.cost_usd);
+                    self.count_ok(h, seconds, token_counts(a), a.cost_usd);
                 });
                 if counted.is_ok() {
                     return;
@@ -195,15 +216,12 @@ impl Metrics {
             .get_or_create(&(pm.clone(), [("status", status)]))
             .inc();
         self.duration.get_or_create(&pm).observe(seconds);
-        if a.tokens_in > 0 {
-            self.tokens
-                .get_or_create(&(pm.clone(), [("direction", "input")]))
-                .inc_by(a.tokens_in);
-        }
-        if a.tokens_out > 0 {
-            self.tokens
-                .get_or_create(&(pm.clone(), [("direction", "output")]))
-                .inc_by(a.tokens_out);
+        for (n, direction) in token_counts(a).into_iter().zip(DIRECTIONS) {
+            if n > 0 {
+                self.tokens
+                    .get_or_create(&(pm.clone(), [("direction", direction)]))
+                    .inc_by(n);
+            }
         }
         if a.cost_usd > 0.0 {
             self.cost.get_or_create(&pm).inc_by(a.cost_usd);
@@ -239,8 +257,7 @@ impl Metrics {
                         .get_or_create(&(pm.clone(), [("status", "ok")]))
                         .clone(),
                     duration: self.duration.get_or_create(&pm).clone(),
-                    tokens_in: None,
-                    tokens_out: None,
+                    tokens: Default::default(),
                     cost: None,
                 });
                 cache.len() - 1
@@ -283,28 +300,21 @@ impl Metrics {
     }
 
     /// Counts a successful call on its cached handles.
-    fn count_ok(&self, h: &mut Handles, seconds: f64, tokens_in: u64, tokens_out: u64, cost: f64) {
+    fn count_ok(&self, h: &mut Handles, seconds: f64, tokens: [u64; 5], cost: f64) {
         h.requests.inc();
         h.duration.observe(seconds);
         let pm =
             || -> CallLabels { [("provider", h.provider.clone()), ("model", h.label.clone())] };
-        if tokens_in > 0 {
-            h.tokens_in
-                .get_or_insert_with(|| {
-                    self.tokens
-                        .get_or_create(&(pm(), [("direction", "input")]))
-                        .clone()
-                })
-                .inc_by(tokens_in);
-        }
-        if tokens_out > 0 {
-            h.tokens_out
-                .get_or_insert_with(|| {
-                    self.tokens
-                        .get_or_create(&(pm(), [("direction", "output")]))
-                        .clone()
-                })
-                .inc_by(tokens_out);
+        for ((n, direction), handle) in tokens.into_iter().zip(DIRECTIONS).zip(&mut h.tokens) {
+            if n > 0 {
+                handle
+                    .get_or_insert_with(|| {
+                        self.tokens
+                            .get_or_create(&(pm(), [("direction", direction)]))
+                            .clone()
+                    })
+                    .inc_by(n);
+            }
         }
         if cost > 0.0 {
             h.cost

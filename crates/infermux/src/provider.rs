@@ -8,7 +8,7 @@ use futures_core::Stream;
 
 use crate::error::ProviderError;
 use crate::trace::{Id128, TraceContext};
-use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse};
+use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, Usage};
 
 /// A stream of reply chunks; the last one carries usage, cost and finish reason.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<InferChunk, ProviderError>> + Send>>;
@@ -118,18 +118,24 @@ pub trait Provider: Send + Sync + 'static {
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
         let resp = self.infer(ctx, req).await?;
-        let chunk = InferChunk {
+        let mut chunk = InferChunk {
             delta: resp.content,
             model: resp.model,
             provider: resp.provider,
-            tokens_in: resp.tokens_in,
-            tokens_out: resp.tokens_out,
             cost_usd: resp.cost_usd,
             finish_reason: resp.finish_reason,
             tool_calls: resp.tool_calls.map(|t| (*t).clone()),
             usage_estimated: resp.usage_estimated,
-            choices: None,
+            reasoning: resp.reasoning,
+            ..Default::default()
         };
+        chunk.set_usage(Usage {
+            input: resp.tokens_in,
+            output: resp.tokens_out,
+            cached_input: resp.tokens_cached,
+            cache_write: resp.tokens_cache_write,
+            reasoning: resp.tokens_reasoning,
+        });
         Ok(Box::pin(futures_util::stream::iter([Ok(chunk)])))
     }
 }

@@ -21,7 +21,7 @@ use crate::registry::{Registry, Route};
 use crate::trace::{
     Id128, NoopSink, OPERATION, SpanAttrs, SpanSink, SpanStatus, TraceContext, TraceSpan, now_ns,
 };
-use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse};
+use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, Usage};
 use crate::validate::validate_request;
 
 /// Providers a request may try when the router is not told otherwise.
@@ -259,12 +259,7 @@ impl Router {
         if let Some(limiter) = &route.limiter {
             limiter.add_tokens(response.tokens_in + response.tokens_out);
         }
-        response.cost_usd = self.cost(
-            &route,
-            response.tokens_in,
-            response.tokens_out,
-            response.cost_usd,
-        );
+        response.cost_usd = self.cost(&route, response.usage(), response.cost_usd);
         response.model = caller_model(req, &route);
         response.provider = route.provider_name.to_string();
         response.latency_ms = elapsed_ms(span);
@@ -363,7 +358,7 @@ impl Router {
                     route.provider.embed(&cctx, req).await
                 })
                 .await?;
-            resp.cost_usd = self.cost(&route, resp.tokens_in, 0, resp.cost_usd);
+            resp.cost_usd = self.cost(&route, Usage::new(resp.tokens_in, 0), resp.cost_usd);
             resp.model = if req.model.is_empty() || req.model == "auto" {
                 route.upstream_model.to_string()
             } else {
@@ -444,19 +439,16 @@ impl Router {
 
     /// The cost of a call: a configured price always wins; otherwise the
     /// provider's own figure, or failing that the built-in table.
-    fn cost(&self, route: &Route, tokens_in: u64, tokens_out: u64, reported: f64) -> f64 {
+    fn cost(&self, route: &Route, usage: Usage, reported: f64) -> f64 {
         match self
             .pricing
             .configured(&route.provider_name, &route.upstream_model)
         {
-            Some(price) => price_of(price, tokens_in, tokens_out),
+            Some(price) => price_of(price, usage),
             None if reported > 0.0 => reported,
-            None => self.pricing.cost(
-                &route.provider_name,
-                &route.upstream_model,
-                tokens_in,
-                tokens_out,
-            ),
+            None => self
+                .pricing
+                .cost(&route.provider_name, &route.upstream_model, usage),
         }
     }
 
@@ -553,7 +545,7 @@ impl Router {
                 routes.sort_by_cached_key(|r| {
                     (self
                         .pricing
-                        .cost(&r.provider_name, &r.upstream_model, tokens, 0)
+                        .cost(&r.provider_name, &r.upstream_model, Usage::new(tokens, 0))
                         * 1e12) as u64
                 });
             }
@@ -815,8 +807,7 @@ impl<'a> PendingSpan<'a> {
     }
 
     fn finish_ok(&mut self, resp: &InferResponse) {
-        self.attrs.tokens_in = resp.tokens_in;
-        self.attrs.tokens_out = resp.tokens_out;
+        self.attrs.set_usage(resp.usage());
         self.attrs.cost_usd = resp.cost_usd;
         self.attrs.finish_reason.clone_from(&resp.finish_reason);
         self.attrs.usage_estimated = resp.usage_estimated;
@@ -902,6 +893,14 @@ impl RoutedStream {
         self.span.trace
     }
 
+    /// The upstream's request id header, carried by the first chunk.
+    pub fn upstream_request_id(&self) -> Option<&str> {
+        match &self.first {
+            Some(Some(Ok(c))) => c.upstream_request_id.as_deref(),
+            _ => None,
+        }
+    }
+
     fn end(&mut self, result: Result<(), &Error>) {
         self.done = true;
         match result {
@@ -950,19 +949,21 @@ impl Stream for RoutedStream {
         };
         match next {
             Some(Ok(mut chunk)) => {
-                if chunk.tokens_in > 0 || chunk.tokens_out > 0 {
+                let usage = chunk.usage();
+                if !usage.is_empty() {
                     chunk.cost_usd = match this.pricing {
-                        (Some(price), _) => price_of(price, chunk.tokens_in, chunk.tokens_out),
+                        (Some(price), _) => price_of(price, usage),
                         (None, _) if chunk.cost_usd > 0.0 => chunk.cost_usd,
-                        (None, Some(price)) => price_of(price, chunk.tokens_in, chunk.tokens_out),
+                        (None, Some(price)) => price_of(price, usage),
                         (None, None) => 0.0,
                     };
                 }
                 chunk.model.clone_from(&this.model);
                 chunk.provider.clone_from(&this.provider);
                 let attrs = &mut this.span.attrs;
-                attrs.tokens_in += chunk.tokens_in;
-                attrs.tokens_out += chunk.tokens_out;
+                let mut total = attrs.usage();
+                total += usage;
+                attrs.set_usage(total);
                 attrs.cost_usd += chunk.cost_usd;
                 attrs.usage_estimated |= chunk.usage_estimated;
                 if !chunk.finish_reason.is_empty() {

@@ -191,6 +191,15 @@ pub struct SpanAttrs {
     pub model: std::sync::Arc<str>,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Input tokens read from the provider's prompt cache (part of `tokens_in`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tokens_cached: u64,
+    /// Input tokens written to the prompt cache (part of `tokens_in`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tokens_cache_write: u64,
+    /// Output tokens spent reasoning (part of `tokens_out`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tokens_reasoning: u64,
     pub cost_usd: f64,
     pub latency_ms: u64,
     pub finish_reason: String,
@@ -205,6 +214,32 @@ pub struct SpanAttrs {
     /// Bounded error label (the `code` of the error table), on failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'static str>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl SpanAttrs {
+    /// Sets every token count from `u`.
+    pub fn set_usage(&mut self, u: crate::types::Usage) {
+        self.tokens_in = u.input;
+        self.tokens_out = u.output;
+        self.tokens_cached = u.cached_input;
+        self.tokens_cache_write = u.cache_write;
+        self.tokens_reasoning = u.reasoning;
+    }
+
+    /// Token counts by kind.
+    pub fn usage(&self) -> crate::types::Usage {
+        crate::types::Usage {
+            input: self.tokens_in,
+            output: self.tokens_out,
+            cached_input: self.tokens_cached,
+            cache_write: self.tokens_cache_write,
+            reasoning: self.tokens_reasoning,
+        }
+    }
 }
 
 /// The TokenTrace span of one routed call: the payload of a `trace.span` message.
@@ -320,13 +355,12 @@ mod tests {
                 model: "echo-v1".into(),
                 tokens_in: 3,
                 tokens_out: 4,
+                tokens_cached: 2,
                 cost_usd: 0.5,
                 latency_ms: 7,
                 finish_reason: "stop".into(),
                 attempts: 1,
-                usage_estimated: false,
-                error: None,
-                error_code: None,
+                ..Default::default()
             },
         };
         let v = serde_json::to_value(&span).unwrap();
@@ -336,6 +370,11 @@ mod tests {
         assert_eq!(v["status"], "ok");
         assert_eq!(v["attrs"]["tokens_in"], 3);
         assert_eq!(v["attrs"]["cost_usd"], 0.5);
+        assert_eq!(v["attrs"]["tokens_cached"], 2);
+        assert!(
+            v["attrs"].get("tokens_reasoning").is_none(),
+            "zero kinds are left out"
+        );
         assert!(v["attrs"].get("error").is_none());
     }
 }

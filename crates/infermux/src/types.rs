@@ -150,6 +150,11 @@ pub struct InferRequest {
     /// them upstream untouched; others drop them. Not part of the MIST wire form.
     #[serde(skip)]
     pub extra: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The caller's own body, for a provider that speaks the caller's dialect
+    /// (SPEC §11): it goes upstream as sent, with only `model` replaced.
+    /// Not part of the MIST wire form.
+    #[serde(skip)]
+    pub passthrough: Option<std::sync::Arc<crate::raw::RawRequest>>,
 }
 
 impl InferRequest {
@@ -185,13 +190,97 @@ pub struct InferResponse {
     /// of the MIST wire format.
     #[serde(skip)]
     pub tool_calls: Option<std::sync::Arc<serde_json::Value>>,
-    /// An OpenAI-compatible provider's `choices`, exactly as it sent them: the
-    /// OpenAI edge answers with them verbatim, so several choices (`n`),
-    /// `logprobs`, `refusal`, `reasoning_content` and whatever else the
-    /// provider adds reach the caller. `content`, `finish_reason` and
-    /// `tool_calls` hold the first choice's. Not part of the MIST wire format.
+    /// Input tokens read from the provider's prompt cache (part of `tokens_in`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_cached: u64,
+    /// Input tokens written to the provider's prompt cache (part of `tokens_in`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_cache_write: u64,
+    /// Output tokens the model spent reasoning (part of `tokens_out`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_reasoning: u64,
+    /// The model's reasoning text (OpenAI-compatible `reasoning_content`,
+    /// Anthropic `thinking` blocks joined). Not part of the MIST wire format.
     #[serde(skip)]
-    pub choices: Option<RawJson>,
+    pub reasoning: Option<String>,
+    /// Anthropic thinking blocks as they came (with their signatures), for a
+    /// caller that sends them back on the next turn.
+    #[serde(skip)]
+    pub thinking_blocks: Option<std::sync::Arc<serde_json::Value>>,
+    /// The upstream's id of the answer (a translated answer keeps it).
+    #[serde(skip)]
+    pub upstream_id: Option<String>,
+    /// The upstream's request id header (`x-request-id`, `request-id`).
+    #[serde(skip)]
+    pub upstream_request_id: Option<String>,
+    /// The upstream's answer as it sent it, when the request went through
+    /// as the caller sent it (same dialect): the edge answers with it, only
+    /// `model` replaced. Not part of the MIST wire format.
+    #[serde(skip)]
+    pub raw: Option<crate::raw::RawAnswer>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl InferResponse {
+    /// Token counts by kind.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input: self.tokens_in,
+            output: self.tokens_out,
+            cached_input: self.tokens_cached,
+            cache_write: self.tokens_cache_write,
+            reasoning: self.tokens_reasoning,
+        }
+    }
+
+    /// Sets every token count from `u`.
+    pub fn set_usage(&mut self, u: Usage) {
+        self.tokens_in = u.input;
+        self.tokens_out = u.output;
+        self.tokens_cached = u.cached_input;
+        self.tokens_cache_write = u.cache_write;
+        self.tokens_reasoning = u.reasoning;
+    }
+}
+
+/// Tokens of one call by kind. `input` counts every input token (cached and
+/// cache writes included); `output` every output token (reasoning included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+    pub reasoning: u64,
+}
+
+impl Usage {
+    /// Input and output only.
+    pub fn new(input: u64, output: u64) -> Self {
+        Usage {
+            input,
+            output,
+            ..Default::default()
+        }
+    }
+
+    /// No tokens of any kind.
+    pub fn is_empty(&self) -> bool {
+        *self == Usage::default()
+    }
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, o: Usage) {
+        self.input += o.input;
+        self.output += o.output;
+        self.cached_input += o.cached_input;
+        self.cache_write += o.cache_write;
+        self.reasoning += o.reasoning;
+    }
 }
 
 /// JSON carried through as a provider wrote it.
@@ -263,10 +352,44 @@ pub struct InferChunk {
     /// usage for the stream.
     #[serde(skip)]
     pub usage_estimated: bool,
-    /// An OpenAI-compatible provider's `choices` of this chunk, exactly as it
-    /// sent them (see [`InferResponse::choices`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_cached: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_cache_write: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_reasoning: u64,
+    /// A piece of the model's reasoning text. Not part of the MIST wire format.
     #[serde(skip)]
-    pub choices: Option<RawJson>,
+    pub reasoning: Option<String>,
+    /// The upstream's event as it sent it, when the request went through as
+    /// the caller sent it (see [`InferResponse::raw`]).
+    #[serde(skip)]
+    pub raw: Option<crate::raw::RawAnswer>,
+    /// On the first chunk: the upstream's request id header.
+    #[serde(skip)]
+    pub upstream_request_id: Option<String>,
+}
+
+impl InferChunk {
+    /// Token counts of this chunk by kind.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input: self.tokens_in,
+            output: self.tokens_out,
+            cached_input: self.tokens_cached,
+            cache_write: self.tokens_cache_write,
+            reasoning: self.tokens_reasoning,
+        }
+    }
+
+    /// Sets every token count from `u`.
+    pub fn set_usage(&mut self, u: Usage) {
+        self.tokens_in = u.input;
+        self.tokens_out = u.output;
+        self.tokens_cached = u.cached_input;
+        self.tokens_cache_write = u.cache_write;
+        self.tokens_reasoning = u.reasoning;
+    }
 }
 
 #[cfg(test)]
@@ -308,8 +431,7 @@ mod tests {
             latency_ms: 1,
             finish_reason: "stop".into(),
             usage_estimated: false,
-            tool_calls: None,
-            choices: None,
+            ..Default::default()
         };
         assert_eq!(
             serde_json::to_string(&resp).unwrap(),
