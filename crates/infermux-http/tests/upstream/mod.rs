@@ -46,6 +46,17 @@ pub enum Reply {
     /// A 200 JSON answer whose body never ends: a space every 20 ms (JSON
     /// allows them) until the client goes away.
     JsonHang,
+    /// OpenAI's reasoning models (o-series, gpt-5): a request with
+    /// `max_tokens` gets their 400; otherwise this answer (or, for a stream,
+    /// these events), with an `x-request-id` header.
+    Reasoning(Value, Vec<String>),
+}
+
+/// OpenAI's answer to `max_tokens` on a reasoning model, word for word.
+pub fn max_tokens_unsupported() -> Value {
+    serde_json::json!({"error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+        "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}})
 }
 
 #[derive(Default)]
@@ -109,6 +120,7 @@ impl Upstream {
 }
 
 fn answer(state: &Arc<Inner>, uri: &Uri, headers: HeaderMap, body: &[u8]) -> Response {
+    let sent: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     state.seen.lock().unwrap().push(Seen {
         path_and_query: uri
             .path_and_query()
@@ -137,6 +149,25 @@ fn answer(state: &Arc<Inner>, uri: &Uri, headers: HeaderMap, body: &[u8]) -> Res
             .body(Body::from(v.to_string()))
             .unwrap(),
         Reply::Raw(status, ct, text) => builder(status, ct).body(Body::from(text)).unwrap(),
+        Reply::Reasoning(_, _) if sent.get("max_tokens").is_some() => {
+            builder(400, "application/json")
+                .body(Body::from(max_tokens_unsupported().to_string()))
+                .unwrap()
+        }
+        Reply::Reasoning(answer, events) => {
+            let stream = sent["stream"] == true;
+            let ct = if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            let b = builder(200, ct).header("x-request-id", "req_up_123");
+            if stream {
+                b.body(Body::from(events.concat())).unwrap()
+            } else {
+                b.body(Body::from(answer.to_string())).unwrap()
+            }
+        }
         Reply::Sse(events) => {
             let stream = futures_util::stream::iter(
                 events
