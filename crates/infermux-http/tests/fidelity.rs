@@ -1,5 +1,6 @@
 //! SPEC §11 over real TCP: what reaches the upstream and what comes back, for
 //! each adapter, against recording fakes shaped like the real APIs.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod upstream;
 
