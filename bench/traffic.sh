@@ -44,11 +44,16 @@ http {
 }
 NGINX
 }
+# nginx takes at most 4 KB in one parameter: the stream is set in pieces.
+pieces=""; vars=""; i=0; rest=$sse
+while [ -n "$rest" ]; do
+  pieces+="set \$sse$i '${rest:0:3000}'; "; vars+="\$sse$i"; rest=${rest:3000}; i=$((i + 1))
+done
 conf mock "
   server {
     listen 127.0.0.1:18811 reuseport;
     location = /v1/chat/completions { default_type application/json; return 200 '$completion'; }
-    location = /sse/v1/chat/completions { default_type text/event-stream; return 200 '$sse'; }
+    location = /sse/v1/chat/completions { default_type text/event-stream; $pieces return 200 \"$vars\"; }
   }"
 conf hop "
   upstream mock { server 127.0.0.1:18811; keepalive 128; }

@@ -392,12 +392,12 @@ impl Conn {
         date_and_close(&mut self.out, close);
         self.out
             .extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-        // The head waits in `out` for the first piece when that is ready now
-        // (a stream's first event is read before its answer is chosen): one
-        // write for both. Otherwise it goes alone, at once.
-        let mut head_pending = true;
+        // Pieces that are ready now (the head and a stream's first event;
+        // events that came from the upstream in one read) go out in one
+        // write; when none is ready, what is waiting is written at once and
+        // the next piece awaited. Nothing waits for a later piece.
         loop {
-            let ready = if head_pending {
+            let ready = if self.out.len() < COALESCE {
                 body.frame().now_or_never()
             } else {
                 None
@@ -405,7 +405,7 @@ impl Conn {
             let frame = match ready {
                 Some(frame) => frame,
                 None => {
-                    if std::mem::take(&mut head_pending) {
+                    if !self.out.is_empty() {
                         write_out(&mut self.tcp, &self.out).await?;
                         self.out.clear();
                     }
@@ -429,9 +429,6 @@ impl Conn {
                         self.out.extend_from_slice(b"\r\n");
                         self.out.extend_from_slice(&data);
                         self.out.extend_from_slice(b"\r\n");
-                        write_out(&mut self.tcp, &self.out).await?;
-                        self.out.clear();
-                        head_pending = false;
                     }
                     _ => {}
                 },
@@ -439,6 +436,10 @@ impl Conn {
         }
     }
 }
+
+/// Ready pieces of a streamed answer are gathered into one write up to this
+/// many bytes.
+const COALESCE: usize = 64 * 1024;
 
 /// Writes `out` whole; a client that takes none of it for
 /// [`WRITE_TIMEOUT`] (it stopped reading a stream, say) fails the write, and

@@ -33,7 +33,7 @@ use crate::routes::{Answer, decimal, json_response};
 #[derive(Debug, Default)]
 struct ChatCompletionRequest<'de> {
     model: Option<&'de RawValue>,
-    messages: Vec<OaiMessage>,
+    messages: Vec<OaiMessage<'de>>,
     temperature: Option<f64>,
     max_tokens: Option<i64>,
     max_completion_tokens: Option<i64>,
@@ -44,8 +44,8 @@ struct ChatCompletionRequest<'de> {
     n: Option<i64>,
     /// infermux extension: send to this provider, whatever the model resolves to.
     provider: Option<&'de RawValue>,
-    /// Everything else (tools, response_format, seed, user, ...).
-    extra: Map<String, Value>,
+    /// Everything else (tools, response_format, seed, user, ...), as sent.
+    extra: Vec<(String, &'de RawValue)>,
 }
 
 /// A key of the request object: a field [`ChatCompletionRequest`] names, or
@@ -148,7 +148,7 @@ impl<'de> Deserialize<'de> for ChatCompletionRequest<'de> {
                         ChatKey::Field(field) => field,
                         ChatKey::Other(name) => {
                             let value = map.next_value()?;
-                            r.extra.insert(name, value);
+                            r.extra.push((name, value));
                             continue;
                         }
                     };
@@ -206,19 +206,31 @@ fn raw_string(field: &str, raw: Option<&RawValue>) -> Result<String, Error> {
 }
 
 #[derive(Debug, Deserialize)]
-struct OaiMessage {
+struct OaiMessage<'a> {
     role: String,
     #[serde(default)]
     content: Option<Content>,
     // Tool calling, carried to the provider as sent (named fields rather than
-    // a flattened map: flattening slows every message's decoding down).
-    tool_calls: Option<Value>,
-    tool_call_id: Option<Value>,
-    name: Option<Value>,
+    // a flattened map: flattening slows every message's decoding down). Kept
+    // as the caller's bytes: they become values only for a provider that
+    // translates them.
+    #[serde(borrow)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_call_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
     // An assistant turn's reasoning, sent back: as text, and as Anthropic's
     // signed thinking blocks.
-    reasoning_content: Option<Value>,
-    thinking_blocks: Option<Value>,
+    #[serde(borrow)]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    thinking_blocks: Option<&'a RawValue>,
+}
+
+/// A value kept as JSON text, as a value.
+fn value_of(raw: &RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
 }
 
 #[derive(Debug)]
@@ -284,8 +296,10 @@ fn parts_text(i: usize, parts: &[Value]) -> Result<String, Error> {
 impl ChatCompletionRequest<'_> {
     /// The core request, or the first problem, naming its field. `body` is
     /// the bytes `self` was decoded from: it goes to OpenAI-dialect
-    /// providers as it is, but for `model`.
-    fn into_core(self, body: &Bytes) -> Result<(InferRequest, bool, bool), Error> {
+    /// providers as it is, but for `model`. With `full` false the fields
+    /// only a translating provider reads (`extra`, the messages' tool calls)
+    /// are left out: such a provider asks for them ([`full_request`]).
+    fn into_core(self, body: &Bytes, full: bool) -> Result<(InferRequest, bool, bool), Error> {
         let model = raw_string("model", self.model)?;
         let provider = raw_string("provider", self.provider)?;
         let include_usage = match self.stream_options {
@@ -312,8 +326,14 @@ impl ChatCompletionRequest<'_> {
             at(self.model),
             at(self.stream_options),
             at(self.provider).into_iter().collect(),
-        );
-        let mut extra = self.extra;
+        )
+        .with_full(full_request);
+        let mut extra = Map::new();
+        if full {
+            for (k, v) in &self.extra {
+                extra.insert(k.clone(), value_of(v));
+            }
+        }
         match self.n {
             None | Some(1) => {}
             Some(n) if n < 1 => return Err(Error::invalid(format!("n: {n} is less than 1"))),
@@ -339,8 +359,10 @@ impl ChatCompletionRequest<'_> {
                 ("reasoning_content", m.reasoning_content),
                 ("thinking_blocks", m.thinking_blocks),
             ] {
-                if let Some(v) = value {
-                    extra.insert(key.to_owned(), v);
+                if let Some(v) = value
+                    && full
+                {
+                    extra.insert(key.to_owned(), value_of(v));
                 }
             }
             let content = match m.content {
@@ -348,7 +370,7 @@ impl ChatCompletionRequest<'_> {
                 Some(Content::Text(t)) => t,
                 Some(Content::Parts(parts)) => {
                     let text = parts_text(i, &parts)?;
-                    if parts.iter().any(|p| p["type"] != "text") {
+                    if full && parts.iter().any(|p| p["type"] != "text") {
                         // Images, audio, files: the parts go upstream as sent;
                         // `content` keeps their text for estimates and echo.
                         extra.insert("content".to_owned(), Value::Array(parts));
@@ -383,6 +405,13 @@ impl ChatCompletionRequest<'_> {
         };
         Ok((req, self.stream, include_usage))
     }
+}
+
+/// The whole core request of an OpenAI body, tool calls and extra fields
+/// included, for a provider that translates it.
+fn full_request(body: &Bytes) -> Result<InferRequest, Error> {
+    let parsed: ChatCompletionRequest<'_> = json::from_slice(body)?;
+    parsed.into_core(body, true).map(|(req, _, _)| req)
 }
 
 /// A `chat.completion` object, or a `chat.completion.chunk`, written field by
@@ -558,7 +587,7 @@ pub(crate) async fn completions(
     body: Bytes,
 ) -> Result<Answer, ApiError> {
     let parsed: ChatCompletionRequest<'_> = json::from_slice(&body)?;
-    let (req, stream, include_usage) = parsed.into_core(&body)?;
+    let (req, stream, include_usage) = parsed.into_core(&body, false)?;
     if stream {
         return stream_completion(state, req, ctx, include_usage)
             .await
@@ -1021,8 +1050,13 @@ mod tests {
         assert_eq!((r.n, r.top_p), (Some(2), Some(0.5)));
         assert!(matches!(r.stop, Some(Stop::One(ref s)) if s == "x"));
         assert_eq!(r.extra.len(), 2, "{:?}", r.extra);
-        assert_eq!(r.extra["seed"], 7);
-        assert_eq!(r.extra["tools"][0]["type"], "function");
+        let extra: Map<String, Value> = r
+            .extra
+            .iter()
+            .map(|(k, v)| (k.clone(), value_of(v)))
+            .collect();
+        assert_eq!(extra["seed"], 7);
+        assert_eq!(extra["tools"][0]["type"], "function");
     }
 
     #[test]

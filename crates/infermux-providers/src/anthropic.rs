@@ -688,6 +688,17 @@ struct Delta {
     stop_reason: Option<String>,
 }
 
+/// `req` whole: a request passed in as its caller's bytes is decoded again,
+/// tool calls and extra fields included, for translation.
+fn whole(req: &InferRequest) -> Result<Option<InferRequest>, ProviderError> {
+    match req.passthrough.as_deref().and_then(|p| p.full_request()) {
+        None => Ok(None),
+        Some(r) => r
+            .map(Some)
+            .map_err(|e| ProviderError::InvalidRequest(e.message().to_owned())),
+    }
+}
+
 #[async_trait]
 impl Provider for AnthropicProvider {
     fn name(&self) -> &str {
@@ -713,6 +724,8 @@ impl Provider for AnthropicProvider {
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
+        let full = whole(req)?;
+        let req = full.as_ref().unwrap_or(req);
         let body = messages_request(ctx.model, req, false)?;
         let answer = self.upstream.call_success(self.post(ctx, &body)?).await?;
         let parsed: MessagesResponse = self.upstream.read_json(&answer)?;
@@ -793,6 +806,8 @@ impl Provider for AnthropicProvider {
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
+        let full = whole(req)?;
+        let req = full.as_ref().unwrap_or(req);
         let body = messages_request(ctx.model, req, true)?;
         let resp = self.upstream.call_stream(self.post(ctx, &body)?).await?;
         let provider = self.upstream.provider().clone();

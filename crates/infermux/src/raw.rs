@@ -32,7 +32,7 @@ pub fn range_in(body: &[u8], value: &RawValue) -> Option<Range<usize>> {
 }
 
 /// A caller's request body, for a provider of the same dialect.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RawRequest {
     pub dialect: Dialect,
     body: Bytes,
@@ -43,7 +43,27 @@ pub struct RawRequest {
     /// Members infermux reads and the provider must not see (the `provider`
     /// extension), by the ranges of their values.
     strip: Vec<Range<usize>>,
+    /// Decodes the whole request, for a provider that translates it: the
+    /// request built from this body may leave out what only translation
+    /// reads.
+    full: Option<FullDecoder>,
 }
+
+/// Equal when the bodies and their ranges are (the decoder is how, not what).
+impl PartialEq for RawRequest {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            self.dialect,
+            &self.body,
+            &self.model,
+            &self.stream_options,
+            &self.strip,
+        ) == (o.dialect, &o.body, &o.model, &o.stream_options, &o.strip)
+    }
+}
+
+/// Decodes a body into the whole core request.
+pub type FullDecoder = fn(&Bytes) -> Result<crate::InferRequest, crate::Error>;
 
 impl RawRequest {
     /// `body` with the ranges (found by [`range_in`]) of its top-level
@@ -62,7 +82,20 @@ impl RawRequest {
             model,
             stream_options,
             strip,
+            full: None,
         }
+    }
+
+    /// The same, with the decoder of the whole request.
+    pub fn with_full(mut self, full: FullDecoder) -> Self {
+        self.full = Some(full);
+        self
+    }
+
+    /// The whole request, when the one built from this body left parts out
+    /// (`None`: it did not).
+    pub fn full_request(&self) -> Option<Result<crate::InferRequest, crate::Error>> {
+        self.full.map(|decode| decode(&self.body))
     }
 
     /// The body as it was received.
