@@ -298,7 +298,7 @@ impl ChatCompletionRequest<'_> {
     /// the bytes `self` was decoded from: it goes to OpenAI-dialect
     /// providers as it is, but for `model`. With `full` false the fields
     /// only a translating provider reads (`extra`, the messages' tool calls)
-    /// are left out: such a provider asks for them ([`full_request`]).
+    /// are left out: such a provider asks for them ([`whole_request`]).
     fn into_core(self, body: &Bytes, full: bool) -> Result<(InferRequest, bool, bool), Error> {
         let model = raw_string("model", self.model)?;
         let provider = raw_string("provider", self.provider)?;
@@ -326,8 +326,7 @@ impl ChatCompletionRequest<'_> {
             at(self.model),
             at(self.stream_options),
             at(self.provider).into_iter().collect(),
-        )
-        .with_full(full_request);
+        );
         let mut extra = Map::new();
         if full {
             for (k, v) in &self.extra {
@@ -401,7 +400,10 @@ impl ChatCompletionRequest<'_> {
             },
             meta: Default::default(),
             extra: (!extra.is_empty()).then(|| Arc::new(extra)),
-            passthrough: Some(Arc::new(passthrough)),
+            passthrough: Some(Arc::new(infermux::types::Passthrough {
+                raw: passthrough,
+                whole: Some(whole_request),
+            })),
         };
         Ok((req, self.stream, include_usage))
     }
@@ -409,7 +411,7 @@ impl ChatCompletionRequest<'_> {
 
 /// The whole core request of an OpenAI body, tool calls and extra fields
 /// included, for a provider that translates it.
-fn full_request(body: &Bytes) -> Result<InferRequest, Error> {
+fn whole_request(body: &Bytes) -> Result<InferRequest, Error> {
     let parsed: ChatCompletionRequest<'_> = json::from_slice(body)?;
     parsed.into_core(body, true).map(|(req, _, _)| req)
 }

@@ -629,14 +629,10 @@ struct Usage {
     input_tokens: u64,
     #[serde(default)]
     output_tokens: u64,
-    #[serde(default, deserialize_with = "null_as_zero")]
+    #[serde(default, deserialize_with = "http::null_as_zero")]
     cache_read_input_tokens: u64,
-    #[serde(default, deserialize_with = "null_as_zero")]
+    #[serde(default, deserialize_with = "http::null_as_zero")]
     cache_creation_input_tokens: u64,
-}
-
-fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
 }
 
 impl Usage {
@@ -691,7 +687,7 @@ struct Delta {
 /// `req` whole: a request passed in as its caller's bytes is decoded again,
 /// tool calls and extra fields included, for translation.
 fn whole(req: &InferRequest) -> Result<Option<InferRequest>, ProviderError> {
-    match req.passthrough.as_deref().and_then(|p| p.full_request()) {
+    match req.passthrough.as_deref().and_then(|p| p.whole_request()) {
         None => Ok(None),
         Some(r) => r
             .map(Some)

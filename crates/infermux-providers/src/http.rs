@@ -608,6 +608,12 @@ pub fn events(
     )
 }
 
+/// A token count that may be `null` (some servers send it for a count they
+/// do not keep) as 0.
+pub(crate) fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(<Option<u64> as serde::Deserialize>::deserialize(d)?.unwrap_or(0))
+}
+
 /// What one upstream event means for the reply.
 #[expect(
     clippy::large_enum_variant,
@@ -644,7 +650,7 @@ pub enum Prompt {
     Messages(Vec<infermux::ChatMessage>),
     /// A body passed through: the estimate counts all of it (tools
     /// included), and nothing is copied unless the estimate is needed.
-    Raw(Arc<infermux::raw::RawRequest>),
+    Raw(Arc<infermux::types::Passthrough>),
 }
 
 impl Prompt {

@@ -198,6 +198,7 @@ impl OpenAiProvider {
 fn passthrough(req: &InferRequest) -> Option<&infermux::raw::RawRequest> {
     req.passthrough
         .as_deref()
+        .map(|p| &p.raw)
         .filter(|r| r.dialect == infermux::raw::Dialect::OpenAiChat)
 }
 
@@ -315,19 +316,14 @@ pub(crate) struct Usage {
 
 #[derive(Deserialize, Clone, Copy, Default)]
 struct PromptDetails {
-    #[serde(default, deserialize_with = "null_as_zero")]
+    #[serde(default, deserialize_with = "http::null_as_zero")]
     cached_tokens: u64,
 }
 
 #[derive(Deserialize, Clone, Copy, Default)]
 struct CompletionDetails {
-    #[serde(default, deserialize_with = "null_as_zero")]
+    #[serde(default, deserialize_with = "http::null_as_zero")]
     reasoning_tokens: u64,
-}
-
-/// Some servers send `null` for a count they do not keep.
-fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
 }
 
 impl Usage {

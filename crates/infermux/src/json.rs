@@ -71,9 +71,7 @@ pub fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec
 
 /// Appends `s` as a JSON string (quoted, escaped as serde_json escapes).
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    let mut ser = serde_json::Serializer::new(out);
-    // Writing a string into a Vec cannot fail.
-    let _ = serde::Serializer::serialize_str(&mut ser, s);
+    crate::raw::write_str(out, s);
 }
 
 #[cfg(test)]

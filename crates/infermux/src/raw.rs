@@ -10,8 +10,6 @@ use std::ops::Range;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::json;
-
 /// The API a caller or a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -32,7 +30,7 @@ pub fn range_in(body: &[u8], value: &RawValue) -> Option<Range<usize>> {
 }
 
 /// A caller's request body, for a provider of the same dialect.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RawRequest {
     pub dialect: Dialect,
     body: Bytes,
@@ -43,27 +41,14 @@ pub struct RawRequest {
     /// Members infermux reads and the provider must not see (the `provider`
     /// extension), by the ranges of their values.
     strip: Vec<Range<usize>>,
-    /// Decodes the whole request, for a provider that translates it: the
-    /// request built from this body may leave out what only translation
-    /// reads.
-    full: Option<FullDecoder>,
 }
 
-/// Equal when the bodies and their ranges are (the decoder is how, not what).
-impl PartialEq for RawRequest {
-    fn eq(&self, o: &Self) -> bool {
-        (
-            self.dialect,
-            &self.body,
-            &self.model,
-            &self.stream_options,
-            &self.strip,
-        ) == (o.dialect, &o.body, &o.model, &o.stream_options, &o.strip)
-    }
+/// Appends `s` as a JSON string (quoted, escaped as serde_json escapes).
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    let mut ser = serde_json::Serializer::new(out);
+    // Writing a string into a Vec cannot fail.
+    let _ = serde::Serializer::serialize_str(&mut ser, s);
 }
-
-/// Decodes a body into the whole core request.
-pub type FullDecoder = fn(&Bytes) -> Result<crate::InferRequest, crate::Error>;
 
 impl RawRequest {
     /// `body` with the ranges (found by [`range_in`]) of its top-level
@@ -82,25 +67,17 @@ impl RawRequest {
             model,
             stream_options,
             strip,
-            full: None,
         }
-    }
-
-    /// The same, with the decoder of the whole request.
-    pub fn with_full(mut self, full: FullDecoder) -> Self {
-        self.full = Some(full);
-        self
-    }
-
-    /// The whole request, when the one built from this body left parts out
-    /// (`None`: it did not).
-    pub fn full_request(&self) -> Option<Result<crate::InferRequest, crate::Error>> {
-        self.full.map(|decode| decode(&self.body))
     }
 
     /// The body as it was received.
     pub fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// The body as it was received, shared.
+    pub fn body_bytes(&self) -> Bytes {
+        self.body.clone()
     }
 
     /// The body for a provider receiving `model`: the caller's bytes with
@@ -110,7 +87,7 @@ impl RawRequest {
         let body = &self.body[..];
         let mut edits: Vec<Edit> = Vec::with_capacity(2 + self.strip.len());
         let mut quoted = Vec::with_capacity(model.len() + 2);
-        json::write_str(&mut quoted, model);
+        write_str(&mut quoted, model);
         match &self.model {
             Some(r) => edits.push(Edit::replace(r.clone(), quoted)),
             None => edits.push(Edit::insert_member(body, b"model", quoted)),
@@ -182,7 +159,7 @@ impl RawAnswer {
         };
         out.reserve(self.body.len() + model.len());
         out.extend_from_slice(&self.body[..r.start]);
-        json::write_str(out, model);
+        write_str(out, model);
         out.extend_from_slice(&self.body[r.end..]);
     }
 

@@ -154,7 +154,42 @@ pub struct InferRequest {
     /// (SPEC §11): it goes upstream as sent, with only `model` replaced.
     /// Not part of the MIST wire form.
     #[serde(skip)]
-    pub passthrough: Option<std::sync::Arc<crate::raw::RawRequest>>,
+    pub passthrough: Option<std::sync::Arc<Passthrough>>,
+}
+
+/// Decodes a caller's body into the whole core request.
+pub type WholeDecoder = fn(&bytes::Bytes) -> Result<InferRequest, crate::Error>;
+
+/// A caller's body kept for a provider of its dialect, and how to decode it
+/// whole: the request built from it may leave out what only a translating
+/// provider reads (tool calls, extra fields).
+#[derive(Debug, Clone)]
+pub struct Passthrough {
+    pub raw: crate::raw::RawRequest,
+    pub whole: Option<WholeDecoder>,
+}
+
+impl Passthrough {
+    /// The whole request, when the one built from this body left parts out
+    /// (`None`: it did not).
+    pub fn whole_request(&self) -> Option<Result<InferRequest, crate::Error>> {
+        self.whole.map(|decode| decode(&self.raw.body_bytes()))
+    }
+}
+
+/// Equal when the bodies are (the decoder is how, not what).
+impl PartialEq for Passthrough {
+    fn eq(&self, o: &Self) -> bool {
+        self.raw == o.raw
+    }
+}
+
+impl std::ops::Deref for Passthrough {
+    type Target = crate::raw::RawRequest;
+
+    fn deref(&self) -> &crate::raw::RawRequest {
+        &self.raw
+    }
 }
 
 impl InferRequest {
