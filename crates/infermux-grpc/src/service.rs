@@ -32,13 +32,30 @@ impl InferMuxGrpc {
     }
 }
 
-/// The caller's trace (`traceparent`) and deadline (`grpc-timeout`).
-fn context(metadata: &MetadataMap) -> RequestContext {
+/// The caller's trace (`traceparent`), deadline (`grpc-timeout`), key
+/// (`authorization: Bearer <key>` or `x-api-key`, checked when the router
+/// has callers: UNAUTHENTICATED otherwise) and name (`x-infermux-caller`).
+fn context(router: &Router, metadata: &MetadataMap) -> Result<RequestContext, Status> {
     let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
-    RequestContext {
+    let mut ctx = RequestContext {
         trace: text("traceparent").and_then(TraceContext::from_traceparent),
         timeout: text("grpc-timeout").and_then(convert::grpc_timeout),
+        dialect: "grpc",
+        ..RequestContext::default()
+    };
+    if let Some(callers) = router.callers() {
+        let bearer = text("authorization").and_then(|v| {
+            let v = v.trim();
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ")).then(|| v[7..].trim())
+        });
+        let secret = bearer.or_else(|| text("x-api-key").map(str::trim));
+        ctx.key = callers.authenticate(secret).map_err(|e| status_of(&e))?;
+        ctx.caller = text("x-infermux-caller")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| std::sync::Arc::from(infermux::validate::truncate(c, 256)));
     }
+    Ok(ctx)
 }
 
 /// Names the serving provider in the response metadata (and so in the RPC log).
@@ -56,7 +73,7 @@ impl InferMuxService for InferMuxGrpc {
         &self,
         request: Request<pb::InferRequest>,
     ) -> Result<Response<pb::InferResponse>, Status> {
-        let ctx = context(request.metadata());
+        let ctx = context(&self.router, request.metadata())?;
         let req = convert::request(request.into_inner());
         let routed = self
             .router
@@ -77,7 +94,7 @@ impl InferMuxService for InferMuxGrpc {
         &self,
         request: Request<pb::InferRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let ctx = context(request.metadata());
+        let ctx = context(&self.router, request.metadata())?;
         let req = convert::request(request.into_inner());
         let stream = self
             .router

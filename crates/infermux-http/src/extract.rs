@@ -5,10 +5,12 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use infermux::{Error, ErrorKind, MAX_MESSAGE_SIZE, RequestContext, TraceContext};
 
+use crate::AppState;
 use crate::error::ApiError;
 
 /// How much of an oversized body is read and thrown away before answering 413,
@@ -142,10 +144,13 @@ async fn drain(mut body: Body) {
 #[derive(Debug)]
 pub struct Caller(pub Result<RequestContext, ApiError>);
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
         let timeout = match parts
             .headers
             .get(TIMEOUT_HEADER)
@@ -155,15 +160,67 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             Ok(t) => t,
             Err(e) => return Ok(Caller(Err(e))),
         };
-        Ok(Caller(Ok(RequestContext {
+        let mut ctx = RequestContext {
             trace: parts
                 .headers
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .and_then(TraceContext::from_traceparent),
             timeout,
-        })))
+            ..RequestContext::default()
+        };
+        let header = |name: &str| parts.headers.get(name).map(|v| v.as_bytes());
+        if let Err(e) = identify(
+            state,
+            &mut ctx,
+            header("authorization"),
+            header("x-api-key"),
+            header(CALLER_HEADER),
+        ) {
+            return Ok(Caller(Err(e)));
+        }
+        Ok(Caller(Ok(ctx)))
     }
+}
+
+/// The header a caller names itself with, for attribution.
+pub(crate) const CALLER_HEADER: &str = "x-infermux-caller";
+
+/// The secret a caller presents: `Authorization: Bearer <key>` (what the
+/// OpenAI SDKs send) or else `x-api-key: <key>` (the Anthropic SDKs).
+pub(crate) fn presented_key<'a>(
+    authorization: Option<&'a [u8]>,
+    api_key: Option<&'a [u8]>,
+) -> Option<&'a str> {
+    let bearer = authorization.and_then(|v| {
+        let v = v.trim_ascii();
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
+    });
+    bearer
+        .or(api_key.map(<[u8]>::trim_ascii))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// Checks the caller's key (when the router has callers) and notes who it
+/// is: the key and the `X-Infermux-Caller` name go into `ctx`. A missing,
+/// unknown, expired or revoked key is 401 where the contract says so.
+pub(crate) fn identify(
+    state: &AppState,
+    ctx: &mut RequestContext,
+    authorization: Option<&[u8]>,
+    api_key: Option<&[u8]>,
+    caller: Option<&[u8]>,
+) -> Result<(), ApiError> {
+    let Some(callers) = state.router.callers() else {
+        return Ok(());
+    };
+    ctx.key = callers.authenticate(presented_key(authorization, api_key))?;
+    ctx.caller = caller
+        .and_then(|c| std::str::from_utf8(c.trim_ascii()).ok())
+        .filter(|c| !c.is_empty())
+        .map(|c| Arc::from(infermux::validate::truncate(c, 256)));
+    Ok(())
 }
 
 /// The header a caller sets its deadline with.

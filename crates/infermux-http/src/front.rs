@@ -73,6 +73,9 @@ struct Head {
     refused: Result<(), ApiError>,
     /// The caller's trace and deadline.
     ctx: RequestContext,
+    /// Where in the head the caller's `Authorization`, `x-api-key` and
+    /// `X-Infermux-Caller` values are, for [`extract::identify`].
+    who: [Option<std::ops::Range<usize>>; 3],
 }
 
 enum Parsed {
@@ -153,11 +156,15 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
                 return;
             }
         }
-        let body = conn.buf.split_to(total).freeze().slice(head.head_len..);
-        let Some(answer) = conn
-            .call(&state, head.route, head.refused, head.ctx, body)
-            .await
-        else {
+        let whole = conn.buf.split_to(total).freeze();
+        let body = whole.slice(head.head_len..);
+        let mut ctx = head.ctx;
+        let mut refused = head.refused;
+        if refused.is_ok() {
+            let value = |i: usize| head.who[i].clone().and_then(|r| whole.get(r));
+            refused = extract::identify(&state, &mut ctx, value(0), value(1), value(2));
+        }
+        let Some(answer) = conn.call(&state, head.route, refused, ctx, body).await else {
             return; // the client went away: its call is dropped, so cancelled
         };
         // Once shutdown has begun, answer and close: the client reconnects
@@ -230,9 +237,21 @@ fn parse(buf: &[u8]) -> Parsed {
     let mut content_type = None;
     let mut trace = None;
     let mut timeout = None;
+    let mut who = [None, None, None];
+    // Where a header value lies in `buf` (httparse's slices point into it).
+    let at = |v: &[u8]| {
+        let start = (v.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+        start..start + v.len()
+    };
     for h in req.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("authorization") {
+            who[0] = Some(at(h.value));
+        } else if name.eq_ignore_ascii_case("x-api-key") {
+            who[1] = Some(at(h.value));
+        } else if name.eq_ignore_ascii_case(extract::CALLER_HEADER) {
+            who[2] = Some(at(h.value));
+        } else if name.eq_ignore_ascii_case("content-length") {
             let len = std::str::from_utf8(h.value)
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -281,7 +300,9 @@ fn parse(buf: &[u8]) -> Parsed {
             ctx: RequestContext {
                 trace,
                 timeout: timeout.ok().flatten(),
+                ..RequestContext::default()
             },
+            who,
         }),
         // No length (an empty body to hyper) or over the limit (a 413 there).
         _ => Parsed::Theirs,

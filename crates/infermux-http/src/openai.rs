@@ -590,6 +590,10 @@ pub(crate) async fn completions(
 ) -> Result<Answer, ApiError> {
     let parsed: ChatCompletionRequest<'_> = json::from_slice(&body)?;
     let (req, stream, include_usage) = parsed.into_core(&body, false)?;
+    let ctx = RequestContext {
+        dialect: "openai",
+        ..ctx
+    };
     if stream {
         return stream_completion(state, req, ctx, include_usage)
             .await
@@ -820,6 +824,11 @@ async fn stream_completion(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     crate::routes::route_headers(&mut headers, &routed.provider, &routed.upstream_model);
+    if let Some(left) = routed.budget_remaining
+        && let Ok(v) = HeaderValue::from_str(&crate::routes::budget_text(left))
+    {
+        headers.insert(crate::routes::BUDGET_REMAINING.clone(), v);
+    }
     crate::routes::strategy_headers(&mut headers, routed.strategy, routed.route_group.as_deref());
     if let Some(v) = routed
         .upstream_request_id()
@@ -957,7 +966,10 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     use base64::Engine;
 
-    let ctx = ctx?;
+    let ctx = RequestContext {
+        dialect: "openai",
+        ..ctx?
+    };
     let parsed: EmbeddingsRequest = json::from_slice(&body)?;
     let input = match parsed.input {
         EmbeddingInput::One(s) => vec![s],

@@ -34,6 +34,10 @@ pub(crate) async fn infer_body(
     body: bytes::Bytes,
 ) -> Result<Answer, ApiError> {
     let req: InferRequest = json::from_slice(&body)?;
+    let ctx = RequestContext {
+        dialect: "mist",
+        ..ctx
+    };
     let routed = state.router.call(&req, &ctx).await?;
     let body = json::to_vec(&routed.response)
         .map_err(|e| Error::internal(format!("cannot encode the response: {e}")))?;
@@ -66,6 +70,7 @@ pub(crate) async fn mist_body(
                 .get("traceparent")
                 .and_then(|v| TraceContext::from_traceparent(v))
         }),
+        dialect: "mist",
         ..ctx
     };
     let routed = state.router.call(&req, &ctx).await?;
@@ -85,8 +90,15 @@ static STRATEGY: HeaderName = HeaderName::from_static("x-infermux-strategy");
 static ROUTE_GROUP: HeaderName = HeaderName::from_static("x-infermux-route-group");
 static CACHED_TOKENS: HeaderName = HeaderName::from_static("x-infermux-cached-tokens");
 static REASONING_TOKENS: HeaderName = HeaderName::from_static("x-infermux-reasoning-tokens");
+pub(crate) static BUDGET_REMAINING: HeaderName =
+    HeaderName::from_static("x-infermux-budget-remaining");
 pub(crate) static UPSTREAM_REQUEST_ID: HeaderName =
     HeaderName::from_static("x-infermux-upstream-request-id");
+
+/// A budget's remaining dollars as a header value (as Rust writes an `f64`).
+pub(crate) fn budget_text(left: f64) -> String {
+    format!("{}", left.max(0.0))
+}
 
 /// A routed call's 200 JSON answer with its `X-Infermux-*` headers, before
 /// it becomes a response: the connection front writes it straight to the
@@ -144,6 +156,9 @@ impl RoutedJson {
             && is_header_value(id.as_bytes())
         {
             each(&UPSTREAM_REQUEST_ID, id.as_bytes());
+        }
+        if let Some(left) = routed.budget_remaining {
+            each(&BUDGET_REMAINING, budget_text(left).as_bytes());
         }
         each(
             &TRACEPARENT,

@@ -12,6 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::callers::{AuthSettings, BudgetSpec, KeySpec, Period};
 use serde_json::Value;
 
 use crate::breaker::BreakerConfig;
@@ -217,6 +219,11 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Provider name → model name the provider receives → price.
     pub pricing: BTreeMap<String, BTreeMap<String, Price>>,
+    /// Keys, teams, budgets and limits of callers (`auth`, `teams`).
+    pub auth: AuthSettings,
+    /// `ledger.path`: the SQLite file (relative to the config file's folder);
+    /// none: `infermux.db` beside the config file.
+    pub ledger_path: Option<std::path::PathBuf>,
     /// Unknown fields, by path (errors under `strict`, warnings otherwise).
     pub warnings: Vec<String>,
 }
@@ -243,6 +250,49 @@ struct RawConfig {
     #[serde(default)]
     pricing: BTreeMap<String, BTreeMap<String, Price>>,
     circuit_breaker: Option<RawBreaker>,
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    teams: Vec<RawTeam>,
+    ledger: Option<RawLedger>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAuth {
+    required: Option<bool>,
+    default_reserve_tokens: Option<i64>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawKey {
+    name: Option<String>,
+    key: Option<String>,
+    key_sha256: Option<String>,
+    team: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    budget: Option<RawBudget>,
+    rate_limits: Option<RawRateLimits>,
+    expires_at: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawBudget {
+    usd: Option<f64>,
+    period: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawTeam {
+    name: Option<String>,
+    budget: Option<RawBudget>,
+    rate_limits: Option<RawRateLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawLedger {
+    path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -599,6 +649,174 @@ fn check_url(url: &str) -> Result<String, String> {
 // ---- stage 2: validation --------------------------------------------------
 
 /// `base` with the fields `raw` sets, each checked; errors are named under `at`.
+/// `rate_limits` of a provider, key or team, at the YAML path `at`.
+fn rate_limits(
+    raw: Option<&RawRateLimits>,
+    at: &str,
+    errors: &mut Vec<String>,
+) -> crate::ratelimit::RateLimits {
+    let mut limits = crate::ratelimit::RateLimits::default();
+    let Some(r) = raw else {
+        return limits;
+    };
+    match r.requests_per_minute {
+        None => {}
+        Some(n) if n >= 1 && n <= i64::from(u32::MAX) => {
+            limits.requests_per_minute = Some(n as u32)
+        }
+        Some(n) => errors.push(format!(
+            "{at}.requests_per_minute: {n} must be a whole number ≥ 1"
+        )),
+    }
+    match r.tokens_per_minute {
+        None => {}
+        Some(n) if n >= 1 => limits.tokens_per_minute = Some(n as u64),
+        Some(n) => errors.push(format!(
+            "{at}.tokens_per_minute: {n} must be a whole number ≥ 1"
+        )),
+    }
+    limits
+}
+
+/// A `budget` at the YAML path `at`.
+fn budget(raw: Option<&RawBudget>, at: &str, errors: &mut Vec<String>) -> Option<BudgetSpec> {
+    let b = raw?;
+    let usd = match b.usd {
+        Some(v) if v.is_finite() && v >= 0.0 => Some(v),
+        Some(v) => {
+            errors.push(format!("{at}.usd: {v} must be a number ≥ 0"));
+            None
+        }
+        None => {
+            errors.push(format!("{at}.usd: missing (dollars per period)"));
+            None
+        }
+    };
+    let period = match b.period.as_deref() {
+        None => Some(Period::Total),
+        Some(p) => match Period::parse(p) {
+            Some(p) => Some(p),
+            None => {
+                errors.push(format!(
+                    "{at}.period: unknown period \"{p}\" (expected one of daily, weekly, monthly, total)"
+                ));
+                None
+            }
+        },
+    };
+    Some(BudgetSpec {
+        usd: usd?,
+        period: period?,
+    })
+}
+
+/// `auth` and `teams`: every key's secret hashed, its team known.
+fn auth_settings(
+    raw: Option<RawAuth>,
+    teams: Vec<RawTeam>,
+    errors: &mut Vec<String>,
+) -> AuthSettings {
+    let mut settings = AuthSettings {
+        default_reserve_tokens: crate::callers::DEFAULT_RESERVE_TOKENS,
+        ..AuthSettings::default()
+    };
+    for (i, t) in teams.into_iter().enumerate() {
+        let at = format!("teams[{i}]");
+        let name = t.name.unwrap_or_default();
+        if !crate::callers::valid_key_name(&name) {
+            errors.push(format!(
+                "{at}.name: \"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"
+            ));
+        } else if settings.teams.iter().any(|x| x.name == name) {
+            errors.push(format!("{at}.name: duplicate team name \"{name}\""));
+        }
+        settings.teams.push(crate::callers::TeamSpec {
+            budget: budget(t.budget.as_ref(), &format!("{at}.budget"), errors),
+            rate_limits: rate_limits(t.rate_limits.as_ref(), &format!("{at}.rate_limits"), errors),
+            name,
+        });
+    }
+    let Some(raw) = raw else {
+        return settings;
+    };
+    settings.required = raw.required.unwrap_or(false);
+    match raw.default_reserve_tokens {
+        None => {}
+        Some(n) if n >= 1 => settings.default_reserve_tokens = n as u64,
+        Some(n) => errors.push(format!(
+            "auth.default_reserve_tokens: {n} must be a whole number ≥ 1"
+        )),
+    }
+    for (i, k) in raw.keys.into_iter().enumerate() {
+        let at = format!("auth.keys[{i}]");
+        let name = k.name.unwrap_or_default();
+        if !crate::callers::valid_key_name(&name) {
+            errors.push(format!(
+                "{at}.name: \"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"
+            ));
+        } else if settings.keys.iter().any(|x| x.name == name) {
+            errors.push(format!("{at}.name: duplicate key name \"{name}\""));
+        }
+        let sha256 = match (k.key.as_deref(), k.key_sha256.as_deref()) {
+            (Some(secret), None) if !secret.is_empty() => Some(crate::callers::hash_secret(secret)),
+            (None, Some(hex)) => {
+                let h = crate::callers::parse_hex(hex.trim());
+                if h.is_none() {
+                    errors.push(format!("{at}.key_sha256: expected 64 hex digits"));
+                }
+                h
+            }
+            (Some(_), Some(_)) => {
+                errors.push(format!("{at}: give key or key_sha256, not both"));
+                None
+            }
+            _ => {
+                errors.push(format!(
+                    "{at}.key: missing (the secret, usually \"${{VAR}}\", or key_sha256)"
+                ));
+                None
+            }
+        };
+        if let Some(h) = sha256
+            && settings.keys.iter().any(|x| x.sha256 == h)
+        {
+            errors.push(format!("{at}.key: the same secret as another key"));
+        }
+        if let Some(team) = &k.team
+            && !settings.teams.iter().any(|t| t.name == *team)
+        {
+            errors.push(format!("{at}.team: no team is named \"{team}\""));
+        }
+        for (j, m) in k.models.iter().enumerate() {
+            if m.trim().is_empty() {
+                errors.push(format!("{at}.models[{j}]: empty model name"));
+            }
+        }
+        let expires_at =
+            k.expires_at
+                .as_deref()
+                .and_then(|t| match crate::callers::parse_rfc3339(t) {
+                    Some(ms) => Some(ms.div_euclid(1000)),
+                    None => {
+                        errors.push(format!(
+                        "{at}.expires_at: \"{t}\" is not an RFC 3339 time (2027-01-31T00:00:00Z)"
+                    ));
+                        None
+                    }
+                });
+        settings.keys.push(KeySpec {
+            budget: budget(k.budget.as_ref(), &format!("{at}.budget"), errors),
+            rate_limits: rate_limits(k.rate_limits.as_ref(), &format!("{at}.rate_limits"), errors),
+            name,
+            sha256: sha256.unwrap_or([0; 32]),
+            team: k.team,
+            models: k.models,
+            expires_at,
+        });
+    }
+    settings
+}
+
 fn breaker_config(
     base: &BreakerConfig,
     raw: &RawBreaker,
@@ -804,27 +1022,7 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
             Some(b) => breaker_config(&global_breaker, b, &at("circuit_breaker"), errors),
             None => global_breaker.clone(),
         };
-        let mut rate_limits = crate::ratelimit::RateLimits::default();
-        if let Some(r) = &p.rate_limits {
-            match r.requests_per_minute {
-                None => {}
-                Some(n) if n >= 1 && n <= i64::from(u32::MAX) => {
-                    rate_limits.requests_per_minute = Some(n as u32)
-                }
-                Some(n) => errors.push(format!(
-                    "{}.requests_per_minute: {n} must be a whole number ≥ 1",
-                    at("rate_limits")
-                )),
-            }
-            match r.tokens_per_minute {
-                None => {}
-                Some(n) if n >= 1 => rate_limits.tokens_per_minute = Some(n as u64),
-                Some(n) => errors.push(format!(
-                    "{}.tokens_per_minute: {n} must be a whole number ≥ 1",
-                    at("rate_limits")
-                )),
-            }
-        }
+        let rate_limits = rate_limits(p.rate_limits.as_ref(), &at("rate_limits"), errors);
         let mut health_check = crate::health::HealthCheckConfig {
             // Echo is always up: no need to ask it.
             disabled: kind == Some(ProviderKind::Echo),
@@ -1008,6 +1206,15 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
         })
     });
 
+    let auth = auth_settings(raw.auth, raw.teams, errors);
+    let ledger_path = match raw.ledger.and_then(|l| l.path) {
+        Some(p) if p.trim().is_empty() => {
+            errors.push("ledger.path: empty (a file name, or leave it out)".into());
+            None
+        }
+        p => p.map(std::path::PathBuf::from),
+    };
+
     Config {
         listen,
         grpc_listen,
@@ -1017,6 +1224,8 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
         providers,
         routing,
         pricing: raw.pricing,
+        auth,
+        ledger_path,
         warnings,
     }
 }

@@ -50,6 +50,8 @@ pub enum ErrorKind {
     BudgetExceeded,
     /// Authentication is missing or wrong.
     Unauthorized,
+    /// The caller's key may not use the model it asked for.
+    ModelNotAllowed,
     /// A bug, or a panic caught at the router.
     Internal,
     /// The request body or message is larger than the limit.
@@ -107,6 +109,9 @@ impl ErrorKind {
                 (429, G::ResourceExhausted, "budget_exceeded", false, false)
             }
             ErrorKind::Unauthorized => (401, G::Unauthenticated, "unauthorized", false, false),
+            ErrorKind::ModelNotAllowed => {
+                (403, G::PermissionDenied, "model_not_allowed", false, false)
+            }
             ErrorKind::Internal => (500, G::Internal, "internal_error", false, true),
             ErrorKind::PayloadTooLarge => {
                 (413, G::ResourceExhausted, "payload_too_large", false, false)
@@ -145,6 +150,8 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,
+    /// Seconds after which a refused caller may try again (`Retry-After`).
+    retry_after: Option<u32>,
 }
 
 impl Error {
@@ -152,7 +159,19 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the caller to retry after `secs` seconds.
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// Seconds after which the caller may retry, when the error says.
+    pub fn retry_after(&self) -> Option<u32> {
+        self.retry_after
     }
 
     pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
@@ -189,6 +208,7 @@ impl Error {
         Error {
             kind: self.kind,
             message: format!("{context}: {}", self.message).into(),
+            retry_after: self.retry_after,
         }
     }
 }

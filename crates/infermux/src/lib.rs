@@ -10,6 +10,8 @@
 //!   HTTP server, the gRPC server and the CLI all call.
 //! - [`provider`]: the `Provider` trait that adapters implement; [`echo`] is the
 //!   built-in provider that needs no keys and no network.
+//! - [`callers`]: keys, teams, budgets by reservation, per-key limits, and the
+//!   [`callers::Ledger`] every routed call is written to.
 //! - [`trace`]: W3C trace context and the TokenTrace span a call produces, handed to
 //!   a non-blocking [`trace::SpanSink`].
 //! - [`error`]: the one error type, and the one table that maps it to HTTP statuses,
@@ -17,6 +19,7 @@
 //!   out of the upstream text its messages carry.
 
 pub mod breaker;
+pub mod callers;
 pub mod config;
 pub mod cost;
 pub mod echo;

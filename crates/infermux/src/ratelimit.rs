@@ -117,6 +117,21 @@ impl RateLimiter {
         Self::bucket(&mut buckets, second).tokens += tokens;
     }
 
+    /// Seconds until the oldest second of use in the window leaves it (0
+    /// when the window is empty).
+    pub fn retry_after_secs(&self) -> u32 {
+        let second = self.second();
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets
+            .iter()
+            .filter(|b| {
+                b.second + 60 > second && b.second <= second && (b.requests > 0 || b.tokens > 0)
+            })
+            .map(|b| b.second + 60 - second)
+            .min()
+            .map_or(0, |s| u32::try_from(s).unwrap_or(60))
+    }
+
     pub fn headroom(&self) -> Headroom {
         let second = self.second();
         let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);

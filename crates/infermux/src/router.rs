@@ -12,6 +12,7 @@ use futures_core::Stream;
 use futures_util::FutureExt;
 
 use crate::breaker::{Admission, CircuitState, Outcome};
+use crate::callers::{CallRow, Callers, Grant, Key, Ledger};
 use crate::cost::Price;
 use crate::cost::{Pricing, price_of};
 use crate::error::{Error, ErrorKind, ProviderError};
@@ -28,12 +29,19 @@ use crate::validate::validate_request;
 pub const DEFAULT_MAX_ATTEMPTS: usize = 3;
 
 /// What an edge knows about a request beyond its body.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RequestContext {
     /// The caller's trace, from an incoming `traceparent`; `None` starts a new one.
     pub trace: Option<TraceContext>,
     /// How long the caller waits; the provider call is cancelled when it elapses.
     pub timeout: Option<Duration>,
+    /// The caller's key, checked by the edge ([`Callers::authenticate`]).
+    pub key: Option<Arc<Key>>,
+    /// Who the caller says it is (`X-Infermux-Caller`, the OpenAI `user`
+    /// field); `meta.caller` of the request when unset.
+    pub caller: Option<Arc<str>>,
+    /// The ingress dialect, for the ledger (`openai`, `mist`, `grpc`, ...).
+    pub dialect: &'static str,
 }
 
 /// A completed call: the response and what the edges report beside it.
@@ -48,6 +56,9 @@ pub struct Routed {
     pub strategy: Strategy,
     /// The route group the model belongs to, if any.
     pub route_group: Option<Arc<str>>,
+    /// What the caller's key and team budgets have left after this call
+    /// (`None`: no budget applies).
+    pub budget_remaining: Option<f64>,
 }
 
 /// Models routed their own way: a strategy and, optionally, a subset of the
@@ -90,6 +101,9 @@ pub struct Router {
     groups: Arc<std::collections::HashMap<String, Arc<RouteGroup>>>,
     /// The whole call's deadline when the caller sets none.
     request_timeout: Option<Duration>,
+    /// Keys, budgets and the ledger; `None`: calls are neither checked nor
+    /// written down.
+    callers: Option<Arc<Callers>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -117,6 +131,7 @@ impl Router {
             next: Arc::default(),
             groups: Arc::default(),
             request_timeout: None,
+            callers: None,
         }
     }
 
@@ -130,9 +145,90 @@ impl Router {
     /// `ctx` with the default deadline when it has none.
     fn deadline_of(&self, ctx: &RequestContext) -> RequestContext {
         RequestContext {
-            trace: ctx.trace,
             timeout: ctx.timeout.or(self.request_timeout),
+            ..ctx.clone()
         }
+    }
+
+    /// The same router checking keys and budgets of `callers`, and writing
+    /// every call to their ledger.
+    pub fn with_callers(mut self, callers: Arc<Callers>) -> Self {
+        self.callers = Some(callers);
+        self
+    }
+
+    /// The keys, teams and ledger this router checks and writes to.
+    pub fn callers(&self) -> Option<&Arc<Callers>> {
+        self.callers.as_ref()
+    }
+
+    /// Starts a call's accounting: the caller's model list (403 before
+    /// anything else), and the row the ledger will get.
+    fn open_account(
+        &self,
+        ctx: &RequestContext,
+        req_meta: Option<&std::collections::BTreeMap<String, String>>,
+        span: &mut PendingSpan<'_>,
+    ) -> Result<(), Error> {
+        let Some(callers) = &self.callers else {
+            return Ok(());
+        };
+        if let Some(key) = &ctx.key
+            && !key.allows(&span.attrs.model)
+        {
+            // The refusal is the one `admit` would give.
+            callers.admit(key, &span.attrs.model, 0.0)?;
+        }
+        let caller = ctx.caller.clone().or_else(|| {
+            req_meta
+                .and_then(|m| m.get("caller"))
+                .filter(|c| !c.is_empty())
+                .map(|c| Arc::from(crate::validate::truncate(c, 256)))
+        });
+        span.account = Some(Box::new(Account {
+            ledger: callers.ledger().cloned(),
+            key: ctx.key.clone(),
+            grant: None,
+            caller,
+            dialect: ctx.dialect,
+            asked: span.attrs.model.clone(),
+            ts_ms: crate::callers::now_ms(),
+            status: 500,
+        }));
+        Ok(())
+    }
+
+    /// Admits the caller's key to the planned call: rate limits, and a
+    /// reservation of its worst-case cost on the dearest planned route.
+    fn admit(
+        &self,
+        plan: &Plan,
+        prompt_tokens: u64,
+        max_tokens: Option<i64>,
+        span: &mut PendingSpan<'_>,
+    ) -> Result<(), Error> {
+        let (Some(callers), Some(account)) = (&self.callers, span.account.as_mut()) else {
+            return Ok(());
+        };
+        let Some(key) = &account.key else {
+            return Ok(());
+        };
+        let output = max_tokens
+            .and_then(|m| u64::try_from(m).ok())
+            .unwrap_or(callers.default_reserve_tokens());
+        let worst = plan
+            .routes
+            .iter()
+            .map(|r| {
+                self.pricing.cost(
+                    &r.provider_name,
+                    &r.upstream_model,
+                    Usage::new(prompt_tokens, output),
+                )
+            })
+            .fold(0.0, f64::max);
+        account.grant = Some(callers.admit(key, &account.asked, worst)?);
+        Ok(())
     }
 
     /// The same router with route groups: each group's models are routed by
@@ -185,7 +281,8 @@ impl Router {
     /// (circuits and rate limits are consulted only when calling).
     pub fn choose(&self, req: &InferRequest) -> Result<Vec<Route>, Error> {
         let mut span = PendingSpan::detached(req);
-        self.prepare(req, &mut span).map(|plan| plan.routes)
+        self.prepare(req, &RequestContext::default(), &mut span)
+            .map(|plan| plan.routes)
     }
 
     /// The same router trying at most `max_attempts` providers per request: on a
@@ -235,9 +332,15 @@ impl Router {
     pub async fn call(&self, req: &InferRequest, ctx: &RequestContext) -> Result<Routed, Error> {
         let ctx = &self.deadline_of(ctx);
         let mut span = PendingSpan::start(Sink::Borrowed(&*self.spans), ctx, &req.model);
-        let result = self.call_inner(req, ctx, &mut span).await;
-        match &result {
-            Ok(routed) => span.finish_ok(&routed.response),
+        let mut result = self.call_inner(req, ctx, &mut span).await;
+        match &mut result {
+            Ok(routed) => {
+                span.finish_ok(&routed.response);
+                routed.budget_remaining = ctx
+                    .key
+                    .as_ref()
+                    .and_then(|k| k.budget_remaining(crate::callers::now_ms()));
+            }
             Err(e) => span.finish_err(e),
         }
         result
@@ -249,7 +352,7 @@ impl Router {
         ctx: &RequestContext,
         span: &mut PendingSpan<'_>,
     ) -> Result<Routed, Error> {
-        let plan = self.prepare(req, span)?;
+        let plan = self.prepare(req, ctx, span)?;
         let (route, mut response, strategy, group) = self
             .attempt(plan, &req.model, ctx, span, |route, cctx| async move {
                 let cctx = cctx.with_model(&route.upstream_model);
@@ -270,6 +373,7 @@ impl Router {
             span_id: span.span_id,
             strategy,
             route_group: group,
+            budget_remaining: None,
         })
     }
 
@@ -350,8 +454,10 @@ impl Router {
             if req.input.is_empty() {
                 return Err(Error::invalid("input: must contain at least one text"));
             }
+            self.open_account(ctx, None, &mut span)?;
             let tokens = req.input.iter().map(|t| (t.len() / 4) as u64).sum();
             let plan = self.plan(&req.model, &req.provider, tokens, &mut span)?;
+            self.admit(&plan, tokens, Some(0), &mut span)?;
             let (route, mut resp, _, _) = self
                 .attempt(plan, &req.model, ctx, &mut span, |route, cctx| async move {
                     let cctx = cctx.with_model(&route.upstream_model);
@@ -394,7 +500,7 @@ impl Router {
         let deadline = ctx.timeout.map(|t| Instant::now() + t);
         // Fallback is possible until the first chunk: each attempt opens the
         // stream and waits for its first item before committing to it.
-        let plan = self.prepare(req, &mut span);
+        let plan = self.prepare(req, ctx, &mut span);
         let opened = match plan {
             Err(e) => Err(e),
             Ok(plan) => self
@@ -429,6 +535,12 @@ impl Router {
                 deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
                 span,
                 done: false,
+                prompt_tokens: prompt_estimate(req),
+                streamed: 0,
+                budget_remaining: ctx
+                    .key
+                    .as_ref()
+                    .and_then(|k| k.budget_remaining(crate::callers::now_ms())),
             }),
             Err(e) => {
                 span.finish_err(&e);
@@ -453,14 +565,18 @@ impl Router {
     }
 
     /// Validates `req` and lists the providers it may go to, best first.
-    fn prepare(&self, req: &InferRequest, span: &mut PendingSpan<'_>) -> Result<Plan, Error> {
+    fn prepare(
+        &self,
+        req: &InferRequest,
+        ctx: &RequestContext,
+        span: &mut PendingSpan<'_>,
+    ) -> Result<Plan, Error> {
         validate_request(req)?;
-        let tokens = req
-            .messages
-            .iter()
-            .map(|m| (m.content.len() / 4) as u64)
-            .sum::<u64>();
-        self.plan(&req.model, &req.provider, tokens, span)
+        self.open_account(ctx, Some(&req.meta), span)?;
+        let tokens = prompt_estimate(req);
+        let plan = self.plan(&req.model, &req.provider, tokens, span)?;
+        self.admit(&plan, tokens, req.params.max_tokens, span)?;
+        Ok(plan)
     }
 
     /// The providers a request for `model` may go to, best first, by the
@@ -711,6 +827,76 @@ fn elapsed_ms(span: &PendingSpan<'_>) -> u64 {
     u64::try_from(took.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The prompt's size in tokens, estimated high (a quarter of its bytes; the
+/// caller's whole body when it is passed through): what `cost_weighted`
+/// compares and a budget reserves.
+fn prompt_estimate(req: &InferRequest) -> u64 {
+    let bytes = match &req.passthrough {
+        Some(p) => p.body().len(),
+        None => req.messages.iter().map(|m| m.content.len()).sum(),
+    };
+    (bytes / 4) as u64
+}
+
+/// A call's accounting, when the router has [`Callers`]: who called, what
+/// the key reserved, and the ledger the call's row goes to.
+struct Account {
+    ledger: Option<Arc<dyn Ledger>>,
+    key: Option<Arc<Key>>,
+    grant: Option<Grant>,
+    caller: Option<Arc<str>>,
+    dialect: &'static str,
+    /// The model the caller asked for.
+    asked: Arc<str>,
+    ts_ms: i64,
+    /// The HTTP status of the call's error, once it failed.
+    status: u16,
+}
+
+impl Account {
+    /// Settles the reservation and writes the ledger row of a finished call.
+    fn close(self, span: &TraceSpan) {
+        let a = &span.attrs;
+        let tokens = a.tokens_in + a.tokens_out;
+        if let Some(grant) = &self.grant {
+            grant.settle(a.cost_usd, tokens);
+        }
+        let Some(ledger) = self.ledger else {
+            return;
+        };
+        let status = match span.status {
+            SpanStatus::Ok => 200,
+            SpanStatus::Error => self.status,
+        };
+        let mut request_id = String::with_capacity(32);
+        span.span_id.push_hex(&mut request_id);
+        ledger.record(CallRow {
+            ts_ms: self.ts_ms,
+            request_id,
+            team: self
+                .key
+                .as_ref()
+                .and_then(|k| k.team.as_ref())
+                .map(|t| t.name.clone()),
+            key: self.key.map(|k| k.name.clone()),
+            caller: self.caller,
+            dialect: self.dialect,
+            provider: a.provider.clone(),
+            model: self.asked,
+            model_served: a.model.clone(),
+            tokens_in: a.tokens_in,
+            tokens_out: a.tokens_out,
+            tokens_cached: a.tokens_cached,
+            tokens_cache_write: a.tokens_cache_write,
+            tokens_reasoning: a.tokens_reasoning,
+            cost_usd: a.cost_usd,
+            status,
+            latency_ms: a.latency_ms,
+            usage_estimated: a.usage_estimated,
+        });
+    }
+}
+
 /// How early before its deadline a caller that hangs up counts as timed out.
 const DEADLINE_SKEW: Duration = Duration::from_millis(20);
 
@@ -727,6 +913,8 @@ struct PendingSpan<'a> {
     reported: bool,
     /// When the caller said it stops waiting.
     deadline: Option<Instant>,
+    /// Keys, budget and ledger row, when the router has callers.
+    account: Option<Box<Account>>,
 }
 
 /// Where a span goes: the router's sink, borrowed for a call that lives
@@ -773,6 +961,7 @@ impl<'a> PendingSpan<'a> {
             answered: None,
             reported: false,
             deadline: ctx.timeout.map(|t| started + t),
+            account: None,
         }
     }
 
@@ -815,6 +1004,9 @@ impl<'a> PendingSpan<'a> {
     }
 
     fn finish_err(&mut self, e: &Error) {
+        if let Some(account) = self.account.as_mut() {
+            account.status = e.disposition().http_status;
+        }
         self.attrs.error = Some(e.message().to_owned());
         self.attrs.error_code = Some(e.disposition().code);
         self.report(SpanStatus::Error);
@@ -830,7 +1022,7 @@ impl<'a> PendingSpan<'a> {
         let elapsed = self.started.elapsed();
         attrs.latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sink.get().report(TraceSpan {
+        let span = TraceSpan {
             trace_id: self.trace.trace_id,
             span_id: self.span_id,
             parent_id: self.trace.parent_id,
@@ -839,7 +1031,11 @@ impl<'a> PendingSpan<'a> {
             end_ns: self.start_ns.saturating_add(elapsed_ns),
             status,
             attrs,
-        });
+        };
+        if let Some(account) = self.account.take() {
+            account.close(&span);
+        }
+        self.sink.get().report(span);
     }
 }
 
@@ -877,6 +1073,12 @@ pub struct RoutedStream {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     span: PendingSpan<'static>,
     done: bool,
+    /// The prompt estimate, and the bytes of output streamed so far: what a
+    /// running cost is estimated from, against the caller's budget.
+    prompt_tokens: u64,
+    streamed: usize,
+    /// What the caller's budgets had left when the stream opened.
+    pub budget_remaining: Option<f64>,
 }
 
 impl std::fmt::Debug for RoutedStream {
@@ -899,6 +1101,26 @@ impl RoutedStream {
             Some(Some(Ok(c))) => c.upstream_request_id.as_deref(),
             _ => None,
         }
+    }
+
+    /// Whether the stream may go on after `chunk`: its running cost (the
+    /// output so far, estimated) must fit in what the caller reserved, which
+    /// grows while the budgets allow.
+    fn within_budget(&mut self, chunk: &InferChunk) -> bool {
+        let Some(grant) = self.span.account.as_mut().and_then(|a| a.grant.as_mut()) else {
+            return true;
+        };
+        let Some(price) = self.pricing.0.or(self.pricing.1) else {
+            return true;
+        };
+        self.streamed += chunk.delta.len() + chunk.raw.as_ref().map_or(0, |r| r.body().len());
+        let running = price_of(
+            price,
+            Usage::new(self.prompt_tokens, (self.streamed / 4) as u64),
+        );
+        let reserved = grant.reserved();
+        // Grow by a quarter at a time: one lock per few chunks, not each.
+        running <= reserved || grant.extend((running - reserved).max(reserved / 4.0))
     }
 
     fn end(&mut self, result: Result<(), &Error>) {
@@ -948,6 +1170,16 @@ impl Stream for RoutedStream {
             }
         };
         match next {
+            Some(Ok(ref chunk)) if this.span.account.is_some() && !this.within_budget(chunk) => {
+                let e = Error::new(
+                    ErrorKind::BudgetExceeded,
+                    "the caller's budget ran out while the answer was streaming",
+                );
+                // Dropping the provider's stream closes its upstream.
+                this.inner = Box::pin(futures_util::stream::empty());
+                this.end(Err(&e));
+                Poll::Ready(Some(Err(e)))
+            }
             Some(Ok(mut chunk)) => {
                 let usage = chunk.usage();
                 if !usage.is_empty() {
@@ -1049,6 +1281,7 @@ mod tests {
         let ctx = RequestContext {
             trace,
             timeout: None,
+            ..RequestContext::default()
         };
         let routed = router
             .call(&InferRequest::prompt("echo-v1", "Hello"), &ctx)
@@ -1145,6 +1378,7 @@ mod tests {
         let ctx = RequestContext {
             trace: None,
             timeout: Some(Duration::from_millis(200)),
+            ..RequestContext::default()
         };
         let e = router
             .call(&InferRequest::prompt("s", "x"), &ctx)
@@ -1191,6 +1425,7 @@ mod tests {
         let ctx = RequestContext {
             trace: None,
             timeout: Some(Duration::from_secs(1)),
+            ..RequestContext::default()
         };
         let e = router
             .call(&InferRequest::prompt("s", "x"), &ctx)

@@ -20,8 +20,10 @@ pub fn run(args: InferArgs) -> Result<ExitCode, String> {
     let mut req = InferRequest::prompt(args.model, args.prompt);
     req.provider = args.provider.unwrap_or_default();
     let ctx = RequestContext {
+        dialect: "cli",
         trace: None,
         timeout: args.timeout,
+        ..RequestContext::default()
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
