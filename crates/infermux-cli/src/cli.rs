@@ -39,6 +39,103 @@ pub enum Command {
     /// Check a config file without starting anything (no network calls).
     /// Exit 0 valid, 1 file not found, 2 malformed YAML, 3 invalid content.
     Validate(ValidateArgs),
+    /// Create, list, show and revoke callers' keys on a running server.
+    Keys(KeysArgs),
+    /// Report spend from a running server's ledger, grouped.
+    Spend(SpendArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub action: KeysAction,
+
+    /// The server's base URL (its management token, if any, is read from
+    /// INFERMUX_MANAGEMENT_TOKEN).
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://localhost:8600",
+        env = "INFERMUX_SERVER"
+    )]
+    pub server: String,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Make a key; its secret (imx-...) is printed once and kept nowhere.
+    Create(NewKeyArgs),
+    /// Every key, revoked ones included (never a secret).
+    List,
+    /// One key, with its spend so far and what its budgets have left.
+    Show { name: String },
+    /// Revoke a key: every later request with it is refused.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct NewKeyArgs {
+    /// The key's name (letters, digits, '-', '_', '.').
+    pub name: String,
+    /// The team it belongs to (from the config's teams).
+    #[arg(long)]
+    pub team: Option<String>,
+    /// Models it may use: names or * globs, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Budget in US dollars per --budget-period.
+    #[arg(long)]
+    pub budget_usd: Option<f64>,
+    /// daily, weekly, monthly or total.
+    #[arg(long, default_value = "total", requires = "budget_usd")]
+    pub budget_period: String,
+    #[arg(long)]
+    pub requests_per_minute: Option<u32>,
+    #[arg(long)]
+    pub tokens_per_minute: Option<u64>,
+    /// When the key stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z).
+    #[arg(long)]
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SpendArgs {
+    /// The server's base URL (its management token, if any, is read from
+    /// INFERMUX_MANAGEMENT_TOKEN).
+    #[arg(long, default_value = "http://localhost:8600", env = "INFERMUX_SERVER")]
+    pub server: String,
+    /// What rows group by.
+    #[arg(long, value_enum, default_value_t = GroupByArg::Key)]
+    pub group_by: GroupByArg,
+    /// Calls from this time on (RFC 3339).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Calls before this time (RFC 3339).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long, value_enum, default_value_t = SpendFormat::Table)]
+    pub format: SpendFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupByArg {
+    Key,
+    Team,
+    Model,
+    Provider,
+    Caller,
+    Day,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpendFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Args)]

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use infermux::callers::{AuthSettings, Callers, Ledger};
 use infermux::config::{Config, ProcessEnv};
 use infermux::{EchoProvider, NoopSink, Registry, Router, SpanSink};
+use infermux_ledger::SqliteLedger;
 use infermux_tokentrace::{Reporter, ReporterConfig, ReporterTask};
 
 use crate::cli::ServerArgs;
@@ -73,6 +75,43 @@ pub fn router(
     }
 }
 
+/// The ledger file: `ledger.path` (relative to the config file's folder),
+/// else `infermux.db` beside the config file (in the working directory when
+/// there is none).
+pub fn ledger_path(config: Option<&Config>, config_file: Option<&Path>) -> PathBuf {
+    let dir = config_file.and_then(Path::parent).unwrap_or(Path::new(""));
+    match config.and_then(|c| c.ledger_path.as_ref()) {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => dir.join(p),
+        None => dir.join("infermux.db"),
+    }
+}
+
+/// The ledger and the callers (keys, teams, budgets reloaded from it) a
+/// server checks and writes every call to.
+pub fn callers(
+    config: Option<&Config>,
+    config_file: Option<&Path>,
+) -> Result<(Arc<Callers>, Arc<SqliteLedger>), String> {
+    let path = ledger_path(config, config_file);
+    let ledger = Arc::new(SqliteLedger::open(&path).map_err(|e| e.to_string())?);
+    let settings = config
+        .map(|c| c.auth.clone())
+        .unwrap_or_else(|| AuthSettings {
+            default_reserve_tokens: infermux::callers::DEFAULT_RESERVE_TOKENS,
+            ..AuthSettings::default()
+        });
+    let callers = Callers::new(&settings, Some(ledger.clone() as Arc<dyn Ledger>))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    tracing::info!(
+        ledger = %path.display(),
+        keys = callers.keys().len(),
+        required = settings.required,
+        "callers and ledger ready"
+    );
+    Ok((Arc::new(callers), ledger))
+}
+
 /// Whether a listener on `addr` is reachable from other hosts.
 fn exposed(addr: SocketAddr) -> bool {
     !addr.ip().is_loopback()
@@ -104,6 +143,8 @@ pub struct Prepared {
     pub registry: Arc<Registry>,
     pub addr: String,
     pub tokentrace: Option<String>,
+    pub callers: Arc<Callers>,
+    pub ledger: Arc<SqliteLedger>,
 }
 
 impl Prepared {
@@ -117,6 +158,10 @@ impl Prepared {
     ) -> Result<Self, String> {
         let config = load_config(args.config.as_deref())?;
         let registry = registry(config.as_ref())?;
+        let (callers, ledger) = callers(
+            config.as_ref(),
+            config_path(args.config.as_deref()).as_deref(),
+        )?;
         let addr = args
             .addr
             .as_deref()
@@ -131,6 +176,8 @@ impl Prepared {
             registry,
             addr,
             tokentrace,
+            callers,
+            ledger,
         })
     }
 
@@ -168,6 +215,15 @@ impl Prepared {
 
     pub fn router(&self, spans: Arc<dyn SpanSink>) -> Router {
         router(self.config.as_ref(), self.registry.clone(), spans)
+            .with_callers(self.callers.clone())
+    }
+
+    /// Stores every ledger row still queued (on shutdown).
+    pub fn close_ledger(&self) {
+        match self.ledger.close() {
+            Ok(()) => tracing::info!(ledger = %self.ledger.path().display(), "ledger flushed"),
+            Err(e) => tracing::error!(error = %e, "ledger rows lost on shutdown"),
+        }
     }
 
     /// The TLS acceptor the config asks for (`tls: {cert, key}`), offering
@@ -234,6 +290,7 @@ where
         serve(listener, prepared.router(spans), tls)
             .await
             .map_err(|e| format!("server error: {e}"))?;
+        prepared.close_ledger();
         if let Some(task) = reporter {
             task.shutdown(SPAN_FLUSH).await;
         }

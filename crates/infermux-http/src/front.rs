@@ -72,10 +72,12 @@ struct Head {
     /// body is read.
     refused: Result<(), ApiError>,
     /// The caller's trace and deadline.
-    ctx: RequestContext,
+    trace: Option<TraceContext>,
+    timeout: Option<Duration>,
     /// Where in the head the caller's `Authorization`, `x-api-key` and
     /// `X-Infermux-Caller` values are, for [`extract::identify`].
-    who: [Option<std::ops::Range<usize>>; 3],
+    /// (start, end) in the head; (0, 0): not sent (no value starts at 0).
+    who: [(u32, u32); 3],
 }
 
 enum Parsed {
@@ -158,10 +160,17 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
         }
         let whole = conn.buf.split_to(total).freeze();
         let body = whole.slice(head.head_len..);
-        let mut ctx = head.ctx;
+        let mut ctx = RequestContext {
+            trace: head.trace,
+            timeout: head.timeout,
+            ..RequestContext::default()
+        };
         let mut refused = head.refused;
         if refused.is_ok() {
-            let value = |i: usize| head.who[i].clone().and_then(|r| whole.get(r));
+            let value = |i: usize| match head.who[i] {
+                (0, 0) => None,
+                (start, end) => whole.get(start as usize..end as usize),
+            };
             refused = extract::identify(&state, &mut ctx, value(0), value(1), value(2));
         }
         let Some(answer) = conn.call(&state, head.route, refused, ctx, body).await else {
@@ -237,20 +246,22 @@ fn parse(buf: &[u8]) -> Parsed {
     let mut content_type = None;
     let mut trace = None;
     let mut timeout = None;
-    let mut who = [None, None, None];
-    // Where a header value lies in `buf` (httparse's slices point into it).
+    let mut who = [(0, 0); 3];
+    // Where a header value lies in `buf` (httparse's slices point into it;
+    // the head is at most MAX_HEAD bytes, so offsets fit in a u32).
     let at = |v: &[u8]| {
         let start = (v.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
-        start..start + v.len()
+        let start = u32::try_from(start).unwrap_or(0);
+        (start, start + u32::try_from(v.len()).unwrap_or(0))
     };
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("authorization") {
-            who[0] = Some(at(h.value));
+            who[0] = at(h.value);
         } else if name.eq_ignore_ascii_case("x-api-key") {
-            who[1] = Some(at(h.value));
+            who[1] = at(h.value);
         } else if name.eq_ignore_ascii_case(extract::CALLER_HEADER) {
-            who[2] = Some(at(h.value));
+            who[2] = at(h.value);
         } else if name.eq_ignore_ascii_case("content-length") {
             let len = std::str::from_utf8(h.value)
                 .ok()
@@ -297,11 +308,8 @@ fn parse(buf: &[u8]) -> Parsed {
             body_len,
             close,
             refused,
-            ctx: RequestContext {
-                trace,
-                timeout: timeout.ok().flatten(),
-                ..RequestContext::default()
-            },
+            trace,
+            timeout: timeout.ok().flatten(),
             who,
         }),
         // No length (an empty body to hyper) or over the limit (a 413 there).
@@ -838,7 +846,7 @@ mod tests {
         assert_eq!(head.body_len, 2);
         assert!(head.close);
         assert!(head.refused.is_ok());
-        assert!(head.ctx.trace.is_some());
+        assert!(head.trace.is_some());
         let head =
             ours("POST /infer HTTP/1.1\r\ncontent-length: 0\r\ncontent-type: text/plain\r\n\r\n");
         assert!(matches!(head.route, Route::Infer));

@@ -13,12 +13,15 @@
 //! - `routes`: the MIST-native endpoints and `/_infermux/health`.
 //! - `openai`: the OpenAI-compatible endpoints under `/v1`.
 //! - `management`: `/_infermux/status`, `providers`, circuit control, the token.
+//! - `keys`: callers' keys (`/_infermux/keys`) and spend reports
+//!   (`/_infermux/spend`), from the router's callers and ledger.
 //!
 //! [`Router`]: infermux::Router
 
 mod error;
 mod extract;
 mod front;
+mod keys;
 mod management;
 mod openai;
 mod routes;
@@ -224,6 +227,12 @@ fn management_routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
             "/_infermux/providers/{name}/circuit/{action}",
             post(management::circuit),
         )
+        .route("/_infermux/keys", post(keys::create).get(keys::list))
+        .route(
+            "/_infermux/keys/{name}",
+            get(keys::show).delete(keys::revoke),
+        )
+        .route("/_infermux/spend", get(keys::spend))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             management::require_token,

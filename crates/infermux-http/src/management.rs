@@ -73,7 +73,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(&b).into()
 }
 
-/// RFC 3339 (UTC, seconds) of an `Instant`, through the wall clock.
+/// RFC 3339 (UTC) of an `Instant`, through the wall clock.
 fn rfc3339(at: Instant) -> String {
     let now = Instant::now();
     let wall = SystemTime::now();
@@ -83,23 +83,7 @@ fn rfc3339(at: Instant) -> String {
         wall + (at - now)
     };
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    infermux::callers::format_rfc3339(i64::try_from(secs).unwrap_or(0).saturating_mul(1000))
 }
 
 #[derive(Serialize)]

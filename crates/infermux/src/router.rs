@@ -1113,7 +1113,14 @@ impl RoutedStream {
         let Some(price) = self.pricing.0.or(self.pricing.1) else {
             return true;
         };
-        self.streamed += chunk.delta.len() + chunk.raw.as_ref().map_or(0, |r| r.body().len());
+        // The text of the output; a tool call's arguments by the event's size.
+        self.streamed += chunk.delta.len()
+            + chunk.reasoning.as_ref().map_or(0, String::len)
+            + if chunk.tool_calls.is_some() {
+                chunk.raw.as_ref().map_or(64, |r| r.body().len())
+            } else {
+                0
+            };
         let running = price_of(
             price,
             Usage::new(self.prompt_tokens, (self.streamed / 4) as u64),

@@ -1,5 +1,6 @@
 //! One file per command.
 
+mod callers;
 mod infer;
 mod remote;
 mod serve;
@@ -18,5 +19,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Validate(args) => validate::run(args),
         Command::Status(args) => remote::status(args),
         Command::Providers(args) => remote::providers(args),
+        Command::Keys(args) => callers::keys(args),
+        Command::Spend(args) => callers::spend(args),
     }
 }

@@ -12,7 +12,18 @@ use crate::cli::{Format, RemoteArgs};
 const UNREACHABLE: u8 = 2;
 
 fn fetch(args: &RemoteArgs, path: &str) -> Result<Value, (u8, String)> {
-    let url = format!("{}{path}", args.server.trim_end_matches('/'));
+    call(&args.server, reqwest::Method::GET, path, None)
+}
+
+/// One management call to the server at `server`: its JSON answer, or an
+/// exit code (2: unreachable) and a message.
+pub(super) fn call(
+    server: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, (u8, String)> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -22,7 +33,10 @@ fn fetch(args: &RemoteArgs, path: &str) -> Result<Value, (u8, String)> {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| (1, e.to_string()))?;
-        let mut req = client.get(&url);
+        let mut req = client.request(method, &url);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
         if let Ok(token) = std::env::var("INFERMUX_MANAGEMENT_TOKEN") {
             req = req.bearer_auth(token);
         }
@@ -99,7 +113,7 @@ fn print(args: &RemoteArgs, body: &Value, head: Option<String>) -> Result<(), St
     written.map_err(|e| format!("cannot write the output: {e}"))
 }
 
-fn finish(result: Result<ExitCode, (u8, String)>) -> Result<ExitCode, String> {
+pub(super) fn finish(result: Result<ExitCode, (u8, String)>) -> Result<ExitCode, String> {
     match result {
         Ok(code) => Ok(code),
         Err((code, message)) => {

@@ -90,6 +90,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     };
     infermux_http::server::serve_per_core(&rt, first, threads, app, stopped, options)
         .map_err(|e| format!("server error: {e}"))?;
+    prepared.close_ledger();
     if let Some(task) = reporter {
         rt.block_on(task.shutdown(setup::SPAN_FLUSH));
     }

@@ -226,6 +226,9 @@ pub struct Gateway {
     pub client: reqwest::Client,
     pub spans: Arc<RecordingSink>,
     pub registry: Arc<infermux::Registry>,
+    /// With [`Gateway::with_ledger`]: the callers and their SQLite ledger.
+    pub callers: Option<Arc<infermux::callers::Callers>>,
+    pub ledger: Option<Arc<infermux_ledger::SqliteLedger>>,
 }
 
 impl Gateway {
@@ -237,6 +240,42 @@ impl Gateway {
     /// them (for the rest of the test: its runtime ends them).
     pub async fn start_checked(yaml: &str) -> Gateway {
         Gateway::start_with(yaml, true).await
+    }
+
+    /// The gateway as `serve` runs it with a config's `auth`, `teams` and
+    /// `pricing`: keys checked, budgets kept, every call in the SQLite
+    /// ledger at `ledger` (reopened as it is: a restart).
+    pub async fn with_ledger(yaml: &str, ledger: &std::path::Path) -> Gateway {
+        let config = Config::parse(yaml, &HashMap::<String, String>::new(), true).unwrap();
+        let registry = Arc::new(infermux_providers::registry_from_config(&config).unwrap());
+        let sqlite = Arc::new(infermux_ledger::SqliteLedger::open(ledger).unwrap());
+        let callers = Arc::new(
+            infermux::callers::Callers::new(
+                &config.auth,
+                Some(sqlite.clone() as Arc<dyn infermux::callers::Ledger>),
+            )
+            .unwrap(),
+        );
+        let spans = Arc::new(RecordingSink::default());
+        let router = Router::new(registry.clone(), spans.clone())
+            .with_pricing(infermux::cost::Pricing::new(&config.pricing))
+            .with_callers(callers.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(infermux_http::serve(
+            listener,
+            infermux_http::app(router),
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        Gateway {
+            base,
+            client: reqwest::Client::new(),
+            spans,
+            registry,
+            callers: Some(callers),
+            ledger: Some(sqlite),
+        }
     }
 
     async fn start_with(yaml: &str, checked: bool) -> Gateway {
@@ -265,6 +304,8 @@ impl Gateway {
             client: reqwest::Client::new(),
             spans,
             registry,
+            callers: None,
+            ledger: None,
         }
     }
 
