@@ -190,11 +190,11 @@ impl Prepared {
             .filter(|e| e.provider.kind() != "echo")
             .map(|e| &*e.name)
             .collect();
-        if exposed(local) && !paid.is_empty() {
+        if exposed(local) && !paid.is_empty() && !self.callers.required() {
             tracing::warn!(
                 addr = %local,
                 providers = ?paid,
-                "the inference routes are open to anyone who can reach this address, and spend these providers' keys; listen on 127.0.0.1, or put infermux behind a proxy that authenticates callers"
+                "the inference routes are open to anyone who can reach this address, and spend these providers' keys; set auth.required with auth.keys, listen on 127.0.0.1, or put infermux behind a proxy that authenticates callers"
             );
         }
     }

@@ -797,3 +797,149 @@ fn both_servers_speak_tls_to_real_tls_clients() {
     assert_ne!(code, 0);
     assert!(err.contains("tls.key") && err.contains("key.pem"), "{err}");
 }
+
+/// `POST /infer` with a key: the status and the `X-Infermux-Cost` shown.
+fn infer_with_key(addr: &str, key: &str) -> (u16, f64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/infer"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({"model": "echo-v1", "messages": [{"role": "user", "content": "Hello there"}]}))
+            .send()
+            .await
+            .unwrap();
+        let cost = resp
+            .headers()
+            .get("x-infermux-cost")
+            .map_or(0.0, |v| v.to_str().unwrap().parse().unwrap());
+        (resp.status().as_u16(), cost)
+    })
+}
+
+/// A config with one key in a fresh folder; the ledger goes beside it.
+fn callers_config(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("infermux-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("infermux.yml");
+    std::fs::write(
+        &config,
+        "providers:\n  - name: echo\n    type: echo\nauth:\n  required: true\n  keys:\n    - name: app\n      key: sk-app\n",
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn keys_and_spend_through_the_cli_and_the_ledger_survives_sigterm() {
+    let config = callers_config("keys");
+    let config_arg = config.to_str().unwrap();
+    let mut served = Served::start(&["--addr", "127.0.0.1:0", "--config", config_arg], &[]);
+    let server = format!("http://{}", served.addr);
+    assert_eq!(infer_with_key(&served.addr, "sk-wrong").0, 401);
+
+    let (code, stdout, stderr) = run(&[
+        "keys",
+        "create",
+        "ci",
+        "--models",
+        "echo-*",
+        "--budget-usd",
+        "1",
+        "--budget-period",
+        "monthly",
+        "--server",
+        &server,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let made: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let secret = made["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("imx-"));
+    let mut shown = 0.0;
+    for key in ["sk-app", secret.as_str()] {
+        for _ in 0..5 {
+            let (status, cost) = infer_with_key(&served.addr, key);
+            assert_eq!(status, 200);
+            shown += cost;
+        }
+    }
+    assert!(shown > 0.0, "echo has a price");
+    let (code, stdout, _) = run(&["keys", "list", "--server", &server]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("app") && stdout.contains("ci"), "{stdout}");
+    assert!(!stdout.contains(&secret), "{stdout}");
+    let (code, stdout, _) = run(&[
+        "keys", "show", "ci", "--server", &server, "--format", "json",
+    ]);
+    assert_eq!(code, 0);
+    let ci: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(ci["spend_usd"].as_f64().unwrap() > 0.0, "{ci}");
+    assert_eq!(served.terminate(), 0);
+    assert!(config.with_file_name("infermux.db").exists());
+
+    // After a restart, the report counts every call the first run answered.
+    let mut served = Served::start(&["--addr", "127.0.0.1:0", "--config", config_arg], &[]);
+    let server = format!("http://{}", served.addr);
+    let (code, stdout, stderr) = run(&[
+        "spend",
+        "--group-by",
+        "key",
+        "--format",
+        "csv",
+        "--server",
+        &server,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "group,requests,tokens_in,tokens_out,cost_usd");
+    let rows: Vec<Vec<&str>> = lines[1..].iter().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows.iter().map(|r| (r[0], r[1])).collect::<Vec<_>>(),
+        [("app", "5"), ("ci", "5")]
+    );
+    let total: f64 = rows.iter().map(|r| r[4].parse::<f64>().unwrap()).sum();
+    assert!((total - shown).abs() < 1e-12, "{total} vs {shown}");
+    let (code, stdout, _) = run(&["spend", "--group-by", "day", "--server", &server]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("DAY"), "{stdout}");
+
+    // Revoked: refused at once, and after the next restart too.
+    let (code, _, stderr) = run(&["keys", "revoke", "ci", "--server", &server]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(infer_with_key(&served.addr, &secret).0, 401);
+    let (code, _, stderr) = run(&["keys", "show", "nobody", "--server", &server]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no key is named"), "{stderr}");
+    assert_eq!(served.terminate(), 0);
+    let mut served = Served::start(&["--addr", "127.0.0.1:0", "--config", config_arg], &[]);
+    assert_eq!(infer_with_key(&served.addr, &secret).0, 401);
+    assert_eq!(infer_with_key(&served.addr, "sk-app").0, 200);
+    assert_eq!(served.terminate(), 0);
+}
+
+#[test]
+fn after_sigkill_at_most_the_last_second_of_ledger_rows_is_lost() {
+    let config = callers_config("kill");
+    let config_arg = config.to_str().unwrap();
+    let served = Served::start(&["--addr", "127.0.0.1:0", "--config", config_arg], &[]);
+    for _ in 0..20 {
+        assert_eq!(infer_with_key(&served.addr, "sk-app").0, 200);
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    // Dropping `Served` kills the process (SIGKILL): no flush on the way out.
+    drop(served);
+    let mut served = Served::start(&["--addr", "127.0.0.1:0", "--config", config_arg], &[]);
+    let server = format!("http://{}", served.addr);
+    let (code, stdout, stderr) = run(&["spend", "--format", "json", "--server", &server]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["rows"][0]["group"], "app", "{report}");
+    assert_eq!(report["rows"][0]["requests"], 20, "{report}");
+    assert_eq!(served.terminate(), 0);
+}

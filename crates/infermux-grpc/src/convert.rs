@@ -114,6 +114,8 @@ mod tests {
             (ErrorKind::Cancelled, Code::Cancelled),
             (ErrorKind::RateLimited, Code::ResourceExhausted),
             (ErrorKind::Unauthorized, Code::Unauthenticated),
+            (ErrorKind::ModelNotAllowed, Code::PermissionDenied),
+            (ErrorKind::BudgetExceeded, Code::ResourceExhausted),
             (ErrorKind::Internal, Code::Internal),
             (
                 ErrorKind::UpstreamRejected { status: 403 },

@@ -677,3 +677,62 @@ async fn the_clients_streams_carry_a_default_deadline_as_calls_do() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn keys_are_read_from_metadata_and_checked() {
+    use infermux::callers::{AuthSettings, Callers, KeySpec, hash_secret};
+    let registry = Registry::new();
+    registry.register(Arc::new(EchoProvider::new())).unwrap();
+    let settings = AuthSettings {
+        required: true,
+        default_reserve_tokens: 100,
+        keys: vec![KeySpec {
+            name: "app".into(),
+            sha256: hash_secret("sk-app"),
+            team: None,
+            models: vec!["echo-v1".into()],
+            budget: None,
+            rate_limits: Default::default(),
+            expires_at: None,
+        }],
+        teams: vec![],
+    };
+    let router = Router::without_spans(Arc::new(registry))
+        .with_callers(Arc::new(Callers::new(&settings, None).unwrap()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(infermux_grpc::serve(
+        listener,
+        router,
+        ServerOptions::default(),
+        std::future::pending(),
+    ));
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = InferMuxServiceClient::new(channel);
+    let with = |key: Option<&str>, model: &str| {
+        let mut req = tonic::Request::new(request(model, "hi"));
+        if let Some(k) = key {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {k}").parse().unwrap());
+        }
+        req
+    };
+    for key in [None, Some("sk-wrong")] {
+        let e = raw.infer(with(key, "echo-v1")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    }
+    let ok = raw.infer(with(Some("sk-app"), "echo-v1")).await.unwrap();
+    assert_eq!(ok.into_inner().content, "echo: hi");
+    let mut req = tonic::Request::new(request("echo-v1", "hi"));
+    req.metadata_mut()
+        .insert("x-api-key", "sk-app".parse().unwrap());
+    assert!(raw.infer(req).await.is_ok());
+    let e = raw.infer(with(Some("sk-app"), "auto")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = raw.infer_stream(with(None, "echo-v1")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+}

@@ -299,6 +299,13 @@ impl ChatCompletionRequest<'_> {
     /// providers as it is, but for `model`. With `full` false the fields
     /// only a translating provider reads (`extra`, the messages' tool calls)
     /// are left out: such a provider asks for them ([`whole_request`]).
+    /// The `user` field: who the caller says the end user is, for the ledger.
+    fn user(&self) -> Option<Arc<str>> {
+        let (_, v) = self.extra.iter().find(|(k, _)| k == "user")?;
+        let user: String = serde_json::from_str(v.get()).ok()?;
+        (!user.is_empty()).then(|| Arc::from(infermux::validate::truncate(&user, 256)))
+    }
+
     fn into_core(self, body: &Bytes, full: bool) -> Result<(InferRequest, bool, bool), Error> {
         let model = raw_string("model", self.model)?;
         let provider = raw_string("provider", self.provider)?;
@@ -589,9 +596,14 @@ pub(crate) async fn completions(
     body: Bytes,
 ) -> Result<Answer, ApiError> {
     let parsed: ChatCompletionRequest<'_> = json::from_slice(&body)?;
+    let caller = match &ctx.caller {
+        None if state.router.callers().is_some() => parsed.user(),
+        _ => None,
+    };
     let (req, stream, include_usage) = parsed.into_core(&body, false)?;
     let ctx = RequestContext {
         dialect: "openai",
+        caller: caller.or(ctx.caller),
         ..ctx
     };
     if stream {

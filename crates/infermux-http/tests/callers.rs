@@ -451,7 +451,9 @@ async fn calls_are_attributed_and_reported_by_every_grouping() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     // Without auth.required, no key (or an upstream's key) is anonymous.
-    assert_eq!(gw.chat_as(None, ask("gpt-4o-mini", 5)).await.0, 200);
+    let mut with_user = ask("gpt-4o-mini", 5);
+    with_user["user"] = json!("end-user-7");
+    assert_eq!(gw.chat_as(None, with_user).await.0, 200);
     assert_eq!(
         gw.chat_as(Some("sk-openai-real"), ask("gpt-4o-mini", 5))
             .await
@@ -509,7 +511,12 @@ async fn calls_are_attributed_and_reported_by_every_grouping() {
     assert_eq!(report("provider").await, pairs(&[("openai", 4)]));
     assert_eq!(
         report("caller").await,
-        pairs(&[("", 2), ("billing-job", 1), ("mist-agent", 1)])
+        pairs(&[
+            ("", 1),
+            ("billing-job", 1),
+            ("end-user-7", 1),
+            ("mist-agent", 1)
+        ])
     );
     let day = report("day").await;
     assert_eq!(day.len(), 1);

@@ -1455,6 +1455,47 @@ pricing:
     }
 
     #[test]
+    fn callers_are_read_and_checked() {
+        let text = "teams:\n  - name: web\n    budget: {usd: 100, period: monthly}\n    rate_limits: {tokens_per_minute: 5000}\nauth:\n  required: true\n  default_reserve_tokens: 256\n  keys:\n    - name: app\n      key: ${APP_KEY}\n      team: web\n      models: [\"gpt-4o*\"]\n      budget: {usd: 5, period: daily}\n      expires_at: 2027-01-31T00:00:00Z\n    - name: ci\n      key_sha256: 7f83b1657ff1fc53b92dc18148a1d65dfc2d4b1fa3d677284addd200126d9069\nledger:\n  path: spend/ledger.db\n";
+        let c = Config::parse(text, &env(&[("APP_KEY", "sk-app")]), true).unwrap();
+        let a = &c.auth;
+        assert!(a.required);
+        assert_eq!(a.default_reserve_tokens, 256);
+        assert_eq!(a.keys[0].sha256, crate::callers::hash_secret("sk-app"));
+        assert_eq!(a.keys[0].team.as_deref(), Some("web"));
+        assert_eq!(a.keys[0].expires_at, Some(1_801_353_600));
+        assert_eq!(
+            a.keys[0].budget,
+            Some(BudgetSpec {
+                usd: 5.0,
+                period: Period::Daily
+            })
+        );
+        assert_eq!(a.keys[1].sha256, crate::callers::hash_secret("Hello World!"));
+        assert_eq!(a.teams[0].rate_limits.tokens_per_minute, Some(5000));
+        assert_eq!(
+            c.ledger_path.as_deref(),
+            Some(std::path::Path::new("spend/ledger.db"))
+        );
+        let bad = "teams:\n  - name: web\n  - name: web\nauth:\n  default_reserve_tokens: 0\n  keys:\n    - name: a b\n      key: s\n      team: ops\n      budget: {usd: -1, period: hourly}\n    - name: c\n    - name: d\n      key_sha256: beef\n      expires_at: soon\n    - name: e\n      key: s\n";
+        assert_eq!(
+            invalid(bad, &env(&[]), false),
+            [
+                "teams[1].name: duplicate team name \"web\"",
+                "auth.default_reserve_tokens: 0 must be a whole number ≥ 1",
+                "auth.keys[0].name: \"a b\" must be 1-64 letters, digits, '-', '_' or '.'",
+                "auth.keys[0].team: no team is named \"ops\"",
+                "auth.keys[0].budget.usd: -1 must be a number ≥ 0",
+                "auth.keys[0].budget.period: unknown period \"hourly\" (expected one of daily, weekly, monthly, total)",
+                "auth.keys[1].key: missing (the secret, usually \"${VAR}\", or key_sha256)",
+                "auth.keys[2].key_sha256: expected 64 hex digits",
+                "auth.keys[2].expires_at: \"soon\" is not an RFC 3339 time (2027-01-31T00:00:00Z)",
+                "auth.keys[3].key: the same secret as another key",
+            ]
+        );
+    }
+
+    #[test]
     fn route_groups_are_checked() {
         let text = "providers:\n  - name: a\n    type: echo\n  - name: b\n    type: echo\nrouting:\n  groups:\n    - name: fast\n      models: [echo-v1]\n      strategy: round_robin\n      providers: [a, b]\n";
         let c = Config::parse(text, &env(&[]), true).unwrap();

@@ -319,6 +319,12 @@ mod tests {
                 "unauthorized",
             ),
             (
+                ErrorKind::ModelNotAllowed,
+                403,
+                GrpcCode::PermissionDenied,
+                "model_not_allowed",
+            ),
+            (
                 ErrorKind::Internal,
                 500,
                 GrpcCode::Internal,
