@@ -8,7 +8,7 @@
 # Each at c=8 and c=64 with wrk, direct to the mock, through the hop and
 # through infermux, in one run; prints req/s and infermux / hop.
 #
-# Usage: bench/traffic.sh [seconds per load run, default 10]
+# Usage: [LEDGER=off] bench/traffic.sh [seconds per load run, default 10]
 # Needs: nginx, wrk and taskset (apt-get install -y nginx-light wrk util-linux).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,6 +80,8 @@ providers:
     models: [bench-sse]
     health_check: {disabled: true}
 YAML
+# LEDGER=off: without the ledger (ledger.enabled: false), to show its cost.
+[ "${LEDGER:-on}" = off ] && printf 'ledger: {enabled: false}\n' >> "$out/traffic.yml"
 
 nginx -p "$PWD/$out" -c "$PWD/$out/traffic-mock.conf" & pids+=($!)
 nginx -p "$PWD/$out" -c "$PWD/$out/traffic-hop.conf" & pids+=($!)

@@ -92,15 +92,23 @@ pub fn ledger_path(config: Option<&Config>, config_file: Option<&Path>) -> PathB
 pub fn callers(
     config: Option<&Config>,
     config_file: Option<&Path>,
-) -> Result<(Arc<Callers>, Arc<SqliteLedger>), String> {
-    let path = ledger_path(config, config_file);
-    let ledger = Arc::new(SqliteLedger::open(&path).map_err(|e| e.to_string())?);
+) -> Result<(Arc<Callers>, Option<Arc<SqliteLedger>>), String> {
     let settings = config
         .map(|c| c.auth.clone())
         .unwrap_or_else(|| AuthSettings {
             default_reserve_tokens: infermux::callers::DEFAULT_RESERVE_TOKENS,
             ..AuthSettings::default()
         });
+    if config.is_some_and(|c| c.ledger_disabled) {
+        let callers = Callers::new(&settings, None).map_err(|e| e.to_string())?;
+        tracing::info!(
+            keys = callers.keys().len(),
+            "callers ready; no ledger (ledger.enabled: false)"
+        );
+        return Ok((Arc::new(callers), None));
+    }
+    let path = ledger_path(config, config_file);
+    let ledger = Arc::new(SqliteLedger::open(&path).map_err(|e| e.to_string())?);
     let callers = Callers::new(&settings, Some(ledger.clone() as Arc<dyn Ledger>))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     tracing::info!(
@@ -109,7 +117,7 @@ pub fn callers(
         required = settings.required,
         "callers and ledger ready"
     );
-    Ok((Arc::new(callers), ledger))
+    Ok((Arc::new(callers), Some(ledger)))
 }
 
 /// Whether a listener on `addr` is reachable from other hosts.
@@ -144,7 +152,7 @@ pub struct Prepared {
     pub addr: String,
     pub tokentrace: Option<String>,
     pub callers: Arc<Callers>,
-    pub ledger: Arc<SqliteLedger>,
+    pub ledger: Option<Arc<SqliteLedger>>,
 }
 
 impl Prepared {
@@ -220,8 +228,11 @@ impl Prepared {
 
     /// Stores every ledger row still queued (on shutdown).
     pub fn close_ledger(&self) {
-        match self.ledger.close() {
-            Ok(()) => tracing::info!(ledger = %self.ledger.path().display(), "ledger flushed"),
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        match ledger.close() {
+            Ok(()) => tracing::info!(ledger = %ledger.path().display(), "ledger flushed"),
             Err(e) => tracing::error!(error = %e, "ledger rows lost on shutdown"),
         }
     }

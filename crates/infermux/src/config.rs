@@ -224,6 +224,10 @@ pub struct Config {
     /// `ledger.path`: the SQLite file (relative to the config file's folder);
     /// none: `infermux.db` beside the config file.
     pub ledger_path: Option<std::path::PathBuf>,
+    /// `ledger.enabled: false`: no ledger (no rows, no spend reports, no
+    /// keys made through the API); only without budgets, which would reset
+    /// on every restart.
+    pub ledger_disabled: bool,
     /// Unknown fields, by path (errors under `strict`, warnings otherwise).
     pub warnings: Vec<String>,
 }
@@ -293,6 +297,7 @@ struct RawTeam {
 #[derive(Debug, Default, Deserialize)]
 struct RawLedger {
     path: Option<String>,
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1207,6 +1212,16 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
     });
 
     let auth = auth_settings(raw.auth, raw.teams, errors);
+    let ledger_enabled = raw.ledger.as_ref().and_then(|l| l.enabled).unwrap_or(true);
+    if !ledger_enabled
+        && (auth.keys.iter().any(|k| k.budget.is_some())
+            || auth.teams.iter().any(|t| t.budget.is_some()))
+    {
+        errors.push(
+            "ledger.enabled: false, but budgets are set: their spend would reset on every restart"
+                .into(),
+        );
+    }
     let ledger_path = match raw.ledger.and_then(|l| l.path) {
         Some(p) if p.trim().is_empty() => {
             errors.push("ledger.path: empty (a file name, or leave it out)".into());
@@ -1226,6 +1241,7 @@ fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> 
         pricing: raw.pricing,
         auth,
         ledger_path,
+        ledger_disabled: !ledger_enabled,
         warnings,
     }
 }
@@ -1471,7 +1487,10 @@ pricing:
                 period: Period::Daily
             })
         );
-        assert_eq!(a.keys[1].sha256, crate::callers::hash_secret("Hello World!"));
+        assert_eq!(
+            a.keys[1].sha256,
+            crate::callers::hash_secret("Hello World!")
+        );
         assert_eq!(a.teams[0].rate_limits.tokens_per_minute, Some(5000));
         assert_eq!(
             c.ledger_path.as_deref(),
@@ -1491,6 +1510,20 @@ pricing:
                 "auth.keys[2].key_sha256: expected 64 hex digits",
                 "auth.keys[2].expires_at: \"soon\" is not an RFC 3339 time (2027-01-31T00:00:00Z)",
                 "auth.keys[3].key: the same secret as another key",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_ledger_can_be_off_only_without_budgets() {
+        let off = "ledger: {enabled: false}\nauth:\n  keys:\n    - name: a\n      key: s\n";
+        assert!(Config::parse(off, &env(&[]), true).unwrap().ledger_disabled);
+        assert!(!Config::parse("", &env(&[]), true).unwrap().ledger_disabled);
+        let budget = "ledger: {enabled: false}\nteams:\n  - name: t\n    budget: {usd: 1}\n";
+        assert_eq!(
+            invalid(budget, &env(&[]), false),
+            [
+                "ledger.enabled: false, but budgets are set: their spend would reset on every restart"
             ]
         );
     }
