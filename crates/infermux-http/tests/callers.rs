@@ -260,6 +260,7 @@ async fn keys_made_through_the_api_work_at_once_and_revocation_is_immediate() {
     assert_eq!(status, 404);
 
     // After a restart: the API's key is still revoked, the config's too.
+    gw.ledger.as_ref().unwrap().close().unwrap();
     drop(gw);
     let again = Gateway::with_ledger(&config(&up.url, KEYS), &path).await;
     assert_eq!(
@@ -361,7 +362,9 @@ async fn a_budget_holds_under_64_concurrent_calls_and_survives_a_restart() {
     assert!(shown > budget - 0.2, "the budget was used: ${shown}");
     assert_eq!(up.seen().len(), ok);
 
-    // A restart reloads the spend: the budget is not reset.
+    // A restart reloads the spend: the budget is not reset. (The first
+    // ledger is closed as SIGTERM closes it.)
+    gw.ledger.as_ref().unwrap().close().unwrap();
     drop(gw);
     let again = Gateway::with_ledger(&yaml, &path).await;
     let (status, key) = again
