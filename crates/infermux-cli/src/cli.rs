@@ -80,7 +80,11 @@ pub enum KeysAction {
 #[derive(Debug, Args)]
 pub struct NewKeyArgs {
     /// The key's name (letters, digits, '-', '_', '.').
-    pub name: String,
+    #[arg(required_unless_present = "name_flag")]
+    pub name: Option<String>,
+    /// The key's name, as a flag.
+    #[arg(long = "name", conflicts_with = "name")]
+    pub name_flag: Option<String>,
     /// The team it belongs to (from the config's teams).
     #[arg(long)]
     pub team: Option<String>,
@@ -88,14 +92,16 @@ pub struct NewKeyArgs {
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
     /// Budget in US dollars per --budget-period.
-    #[arg(long)]
+    #[arg(long, visible_alias = "budget")]
     pub budget_usd: Option<f64>,
     /// daily, weekly, monthly or total.
-    #[arg(long, default_value = "total", requires = "budget_usd")]
+    #[arg(long, visible_alias = "period", default_value = "total")]
     pub budget_period: String,
-    #[arg(long)]
+    /// Requests a minute at most (429 rate_limit beyond).
+    #[arg(long, visible_alias = "rpm")]
     pub requests_per_minute: Option<u32>,
-    #[arg(long)]
+    /// Prompt and completion tokens a minute at most.
+    #[arg(long, visible_alias = "tpm")]
     pub tokens_per_minute: Option<u64>,
     /// When the key stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z).
     #[arg(long)]

@@ -73,7 +73,7 @@ pub fn keys(args: KeysArgs) -> Result<ExitCode, String> {
                     .budget_usd
                     .map(|usd| json!({"usd": usd, "period": new.budget_period}));
                 let body = json!({
-                    "name": new.name,
+                    "name": new.name.or(new.name_flag),
                     "team": new.team,
                     "models": new.models,
                     "budget": budget,
