@@ -1048,6 +1048,14 @@ pub async fn embeddings(
         HeaderValue::from(resp.tokens_in),
     );
     headers.insert("x-infermux-latency-ms", HeaderValue::from(resp.latency_ms));
+    if let Some(left) = ctx
+        .key
+        .as_ref()
+        .and_then(|k| k.budget_remaining(infermux::callers::now_ms()))
+        && let Ok(v) = HeaderValue::from_str(&crate::routes::budget_text(left))
+    {
+        headers.insert(crate::routes::BUDGET_REMAINING.clone(), v);
+    }
     Ok((StatusCode::OK, headers, bytes).into_response())
 }
 

@@ -549,3 +549,41 @@ async fn calls_are_attributed_and_reported_by_every_grouping() {
         );
     }
 }
+
+#[tokio::test]
+async fn embeddings_count_against_a_keys_tokens_and_budget() {
+    let up = Upstream::start().await;
+    up.always(Reply::Json(
+        200,
+        json!({"object": "list", "model": "gpt-4o",
+               "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25]}],
+               "usage": {"prompt_tokens": 8, "total_tokens": 8}}),
+    ));
+    let yaml = config(
+        &up.url,
+        "auth:\n  keys:\n    - name: app\n      key: sk-app\n      budget: {usd: 1, period: total}\n      rate_limits: {tokens_per_minute: 10}\n",
+    );
+    let gw = Gateway::with_ledger(&yaml, &temp_ledger("embed")).await;
+    let embed = || {
+        gw.client
+            .post(format!("{}/v1/embeddings", gw.base))
+            .bearer_auth("sk-app")
+            .json(&json!({"model": "gpt-4o", "input": "some text"}))
+            .send()
+    };
+    let first = embed().await.unwrap();
+    assert_eq!(first.status(), 200);
+    // 8 tokens at $0.001.
+    let left: f64 = first.headers()["x-infermux-budget-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((left - 0.992).abs() < 1e-9, "{left}");
+    // 8 of 10 tokens this minute: one more call is let in, then none.
+    assert_eq!(embed().await.unwrap().status(), 200);
+    let third = embed().await.unwrap();
+    assert_eq!(third.status(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    assert_eq!(up.seen().len(), 2);
+}
