@@ -17,9 +17,10 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// Rejects management calls without the right bearer token (when one is
-/// set). Without a token, calls that change state (circuit control) are
-/// answered only for loopback clients: an open port must not let anyone
-/// take providers out.
+/// set). Without a token, calls that change state (circuit control, keys)
+/// and reads of callers' keys and spend are answered only for loopback
+/// clients: an open port must not let anyone take providers out, make
+/// keys, or read who spent what.
 pub async fn require_token(
     State(state): State<Arc<AppState>>,
     req: Request,
@@ -31,10 +32,13 @@ pub async fn require_token(
             .get::<crate::Peer>()
             .and_then(|p| p.0)
             .is_none_or(|a| a.ip().is_loopback() || a.ip().to_canonical().is_loopback());
-        if req.method() != http::Method::GET && !local {
+        // Callers' keys and spend are not for other hosts to read either.
+        let path = req.uri().path();
+        let private = path.starts_with("/_infermux/keys") || path == "/_infermux/spend";
+        if (req.method() != http::Method::GET || private) && !local {
             return ApiError(Error::new(
                 ErrorKind::Unauthorized,
-                "management changes from another host need INFERMUX_MANAGEMENT_TOKEN set on the server and sent as Authorization: Bearer <token>",
+                "management changes, keys and spend from another host need INFERMUX_MANAGEMENT_TOKEN set on the server and sent as Authorization: Bearer <token>",
             ))
             .into_response();
         }
