@@ -81,8 +81,14 @@ impl InferMuxService for InferMuxGrpc {
             .await
             .map_err(|e| status_of(&e))?;
         let provider = routed.response.provider.clone();
+        let budget_remaining = routed.budget_remaining;
         let mut resp = Response::new(convert::response(routed.response));
         label(&mut resp, &provider);
+        if let Some(left) = budget_remaining
+            && let Ok(v) = MetadataValue::try_from(format!("{}", left.max(0.0)))
+        {
+            resp.metadata_mut().insert("x-infermux-budget-remaining", v);
+        }
         Ok(resp)
     }
 

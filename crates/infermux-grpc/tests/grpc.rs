@@ -691,7 +691,10 @@ async fn keys_are_read_from_metadata_and_checked() {
             sha256: hash_secret("sk-app"),
             team: None,
             models: vec!["echo-v1".into()],
-            budget: None,
+            budget: Some(infermux::callers::BudgetSpec {
+                usd: 1.0,
+                period: infermux::callers::Period::Total,
+            }),
             rate_limits: Default::default(),
             expires_at: None,
         }],
@@ -726,6 +729,15 @@ async fn keys_are_read_from_metadata_and_checked() {
         assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     }
     let ok = raw.infer(with(Some("sk-app"), "echo-v1")).await.unwrap();
+    let left: f64 = ok
+        .metadata()
+        .get("x-infermux-budget-remaining")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left < 1.0 && left > 0.99, "echo's price was spent: {left}");
     assert_eq!(ok.into_inner().content, "echo: hi");
     let mut req = tonic::Request::new(request("echo-v1", "hi"));
     req.metadata_mut()
