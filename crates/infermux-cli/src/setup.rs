@@ -120,6 +120,32 @@ pub fn callers(
     Ok((Arc::new(callers), Some(ledger)))
 }
 
+/// Warns about key model patterns that match no model the registry serves
+/// (a typo would otherwise show only as 403s).
+pub fn warn_unmatched_models(config: Option<&Config>, registry: &Registry) {
+    let Some(config) = config else {
+        return;
+    };
+    let models: Vec<String> = registry
+        .entries()
+        .iter()
+        .flat_map(|e| e.routable_models())
+        .collect();
+    for (i, key) in config.auth.keys.iter().enumerate() {
+        for (j, pattern) in key.models.iter().enumerate() {
+            if !models
+                .iter()
+                .any(|m| infermux::callers::glob_match(pattern, m))
+            {
+                tracing::warn!(
+                    "auth.keys[{i}].models[{j}]: \"{pattern}\" matches no model the providers list; key \"{}\" gets 403 for it",
+                    key.name
+                );
+            }
+        }
+    }
+}
+
 /// Whether a listener on `addr` is reachable from other hosts.
 fn exposed(addr: SocketAddr) -> bool {
     !addr.ip().is_loopback()
@@ -166,6 +192,7 @@ impl Prepared {
     ) -> Result<Self, String> {
         let config = load_config(args.config.as_deref())?;
         let registry = registry(config.as_ref())?;
+        warn_unmatched_models(config.as_ref(), &registry);
         let (callers, ledger) = callers(
             config.as_ref(),
             config_path(args.config.as_deref()).as_deref(),

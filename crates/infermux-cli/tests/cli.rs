@@ -154,6 +154,7 @@ impl Served {
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut before = Vec::new();
         let addr = loop {
             assert!(
                 Instant::now() < deadline,
@@ -164,9 +165,10 @@ impl Served {
             if let Some(addr) = v["addr"].as_str() {
                 break addr.to_owned();
             }
+            before.push(v);
         };
         // Keep reading stderr so the server never blocks on a full pipe.
-        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(before));
         let kept = logs.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -941,5 +943,82 @@ fn after_sigkill_at_most_the_last_second_of_ledger_rows_is_lost() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["rows"][0]["group"], "app", "{report}");
     assert_eq!(report["rows"][0]["requests"], 20, "{report}");
+    assert_eq!(served.terminate(), 0);
+}
+
+#[test]
+fn a_ledger_that_cannot_be_used_stops_the_start_with_its_name() {
+    let config = callers_config("bad-ledger");
+    let db = config.with_file_name("infermux.db");
+    // A file that is not a database: refused, named, and left as it was.
+    std::fs::write(
+        &db,
+        b"this is not sqlite, and it is not empty either...".repeat(100),
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("infermux.db"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        std::fs::read(&db)
+            .unwrap()
+            .starts_with(b"this is not sqlite"),
+        "never reset"
+    );
+    // A folder where the file cannot be made.
+    std::fs::write(
+        &config,
+        "providers:\n  - name: echo\n    type: echo\nledger:\n  path: /proc/infermux/ledger.db\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("/proc/infermux/ledger.db"), "{stderr}");
+}
+
+#[test]
+fn a_key_pattern_that_matches_no_model_warns_at_start() {
+    let config = callers_config("glob");
+    std::fs::write(
+        &config,
+        "providers:\n  - name: echo\n    type: echo\nauth:\n  keys:\n    - name: app\n      key: sk-app\n      models: [\"gtp-4o*\", echo-v1]\n",
+    )
+    .unwrap();
+    let mut served = Served::start(
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    wait_for_log(&served, "about the unmatched pattern", |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("auth.keys[0].models[0]") && m.contains("gtp-4o*"))
+    });
+    assert!(
+        !served
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.to_string().contains("sk-app")),
+        "the secret is in no log line"
+    );
     assert_eq!(served.terminate(), 0);
 }

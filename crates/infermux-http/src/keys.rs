@@ -105,8 +105,8 @@ impl NewKey {
         let budget = match self.budget {
             None => None,
             Some(b) => {
-                if !(b.usd.is_finite() && b.usd >= 0.0) {
-                    return Err(Error::invalid("budget.usd: must be a number ≥ 0"));
+                if !(b.usd.is_finite() && b.usd > 0.0) {
+                    return Err(Error::invalid("budget.usd: must be a number > 0"));
                 }
                 let period = match b.period.as_deref() {
                     None => Period::Total,

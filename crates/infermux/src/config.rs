@@ -687,9 +687,9 @@ fn rate_limits(
 fn budget(raw: Option<&RawBudget>, at: &str, errors: &mut Vec<String>) -> Option<BudgetSpec> {
     let b = raw?;
     let usd = match b.usd {
-        Some(v) if v.is_finite() && v >= 0.0 => Some(v),
+        Some(v) if v.is_finite() && v > 0.0 => Some(v),
         Some(v) => {
-            errors.push(format!("{at}.usd: {v} must be a number ≥ 0"));
+            errors.push(format!("{at}.usd: {v} must be a number > 0"));
             None
         }
         None => {
@@ -763,6 +763,14 @@ fn auth_settings(
             errors.push(format!("{at}.name: duplicate key name \"{name}\""));
         }
         let sha256 = match (k.key.as_deref(), k.key_sha256.as_deref()) {
+            (Some(secret), None)
+                if secret.trim() != secret || secret.contains(char::is_whitespace) =>
+            {
+                errors.push(format!(
+                    "{at}.key: contains whitespace (a stray space or newline from the variable?)"
+                ));
+                None
+            }
             (Some(secret), None) if !secret.is_empty() => Some(crate::callers::hash_secret(secret)),
             (None, Some(hex)) => {
                 let h = crate::callers::parse_hex(hex.trim());
@@ -1504,13 +1512,27 @@ pricing:
                 "auth.default_reserve_tokens: 0 must be a whole number ≥ 1",
                 "auth.keys[0].name: \"a b\" must be 1-64 letters, digits, '-', '_' or '.'",
                 "auth.keys[0].team: no team is named \"ops\"",
-                "auth.keys[0].budget.usd: -1 must be a number ≥ 0",
+                "auth.keys[0].budget.usd: -1 must be a number > 0",
                 "auth.keys[0].budget.period: unknown period \"hourly\" (expected one of daily, weekly, monthly, total)",
                 "auth.keys[1].key: missing (the secret, usually \"${VAR}\", or key_sha256)",
                 "auth.keys[2].key_sha256: expected 64 hex digits",
                 "auth.keys[2].expires_at: \"soon\" is not an RFC 3339 time (2027-01-31T00:00:00Z)",
                 "auth.keys[3].key: the same secret as another key",
             ]
+        );
+        let odd = "auth:\n  keys:\n    - name: a\n      key: \"sk-x \"\n      budget: {usd: 0}\n";
+        assert_eq!(
+            invalid(odd, &env(&[]), false),
+            [
+                "auth.keys[0].key: contains whitespace (a stray space or newline from the variable?)",
+                "auth.keys[0].budget.usd: 0 must be a number > 0",
+            ]
+        );
+        // NaN never gets this far: the YAML reader refuses it, naming the line.
+        let nan = "auth:\n  keys:\n    - name: a\n      key: s\n      budget: {usd: .nan}\n";
+        assert!(
+            matches!(Config::parse(nan, &env(&[]), false), Err(ConfigError::Malformed(m)) if m.contains("line 5")),
+            "NaN is refused"
         );
     }
 

@@ -43,13 +43,16 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .block_on(async { infermux_http::server::bind_reuseport(addr) })
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = first.local_addr().map_err(|e| e.to_string())?;
-    prepared.log_listening("HTTP", local);
-    tracing::debug!(threads, "one runtime per thread");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     rt.spawn(async move {
         setup::shutdown_signal().await;
         let _ = stop.send(true);
     });
+    // Let the task install its signal handlers before the address is
+    // logged: a SIGTERM sent as soon as it is must stop the server cleanly.
+    rt.block_on(tokio::task::yield_now());
+    prepared.log_listening("HTTP", local);
+    tracing::debug!(threads, "one runtime per thread");
     let token = std::env::var("INFERMUX_MANAGEMENT_TOKEN").ok();
     let max_connections = setup::max_connections(args.max_connections);
     tracing::debug!(max_connections, "open-connection limit");
