@@ -587,3 +587,32 @@ async fn embeddings_count_against_a_keys_tokens_and_budget() {
     assert!(third.headers().contains_key("retry-after"));
     assert_eq!(up.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn a_team_budget_is_shared_by_its_keys_and_expired_keys_are_refused() {
+    let up = Upstream::start().await;
+    up.always(Reply::Json(200, completion(10, 90)));
+    // Each call costs $0.10 and reserves about $0.12; the team has $0.25.
+    let yaml = config(
+        &up.url,
+        "teams:\n  - name: web\n    budget: {usd: 0.25, period: monthly}\nauth:\n  keys:\n    - name: a\n      key: sk-a\n      team: web\n    - name: b\n      key: sk-b\n      team: web\n    - name: old\n      key: sk-old\n      expires_at: 2020-01-01T00:00:00Z\n",
+    );
+    let gw = Gateway::with_ledger(&yaml, &temp_ledger("team")).await;
+    assert_eq!(gw.chat_as(Some("sk-a"), ask("gpt-4o", 100)).await.0, 200);
+    assert_eq!(gw.chat_as(Some("sk-b"), ask("gpt-4o", 100)).await.0, 200);
+    // $0.20 spent by the two keys together: neither may reserve another call.
+    for key in ["sk-a", "sk-b"] {
+        let (status, _, body) = gw.chat_as(Some(key), ask("gpt-4o", 100)).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "budget_exceeded");
+        assert!(error_message(&body).contains("team \"web\""), "{body}");
+    }
+    assert_eq!(up.seen().len(), 2);
+    let (status, _, body) = gw.chat_as(Some("sk-old"), ask("gpt-4o", 1)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(error_message(&body).contains("expired"), "{body}");
+    assert!(
+        !body.to_string().contains("sk-old"),
+        "no secret in an error body"
+    );
+}

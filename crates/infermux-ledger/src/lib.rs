@@ -188,9 +188,11 @@ fn write_loop(
     let mut rows: Vec<Box<CallRow>> = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     let mut stop = false;
+    // The last batch was full: rows are queued, store them without a pause.
+    let mut behind = false;
     while !stop {
         let Ok(first) = rx.recv() else { break };
-        if matches!(first, Msg::Row(_)) {
+        if matches!(first, Msg::Row(_)) && !behind {
             // A flush or a stop unparks the thread (spurious wake-ups only
             // make the batch smaller).
             std::thread::park_timeout(GATHER);
@@ -206,6 +208,7 @@ fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
+        behind = rows.len() >= BATCH;
         let stored = store(&mut conn, &rows).map_err(err("cannot store calls", path));
         if let Err(e) = &stored {
             failed.fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -569,6 +572,39 @@ mod tests {
             }
         );
         assert_eq!(keys[1].revoked_ms, Some(11));
+    }
+
+    #[test]
+    fn writers_in_several_threads_and_ledgers_lose_nothing() {
+        let path = temp("writers");
+        let ledgers: Vec<Arc<SqliteLedger>> = (0..2)
+            .map(|_| Arc::new(SqliteLedger::open(&path).unwrap()))
+            .collect();
+        std::thread::scope(|s| {
+            for l in &ledgers {
+                for t in 0..2 {
+                    s.spawn(move || {
+                        for i in 0..5000 {
+                            l.record(row(Some(if t == 0 { "a" } else { "b" }), 0.001, i));
+                        }
+                    });
+                }
+            }
+        });
+        for l in &ledgers {
+            l.close().unwrap();
+        }
+        let l = SqliteLedger::open(&path).unwrap();
+        let rows = l
+            .report(&SpendQuery {
+                group_by: GroupBy::Key,
+                from_ms: None,
+                to_ms: None,
+            })
+            .unwrap();
+        assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), 20_000);
+        assert!((rows.iter().map(|r| r.cost_usd).sum::<f64>() - 20.0).abs() < 1e-6);
+        assert_eq!(l.failed_rows(), 0);
     }
 
     #[test]
