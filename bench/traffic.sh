@@ -8,7 +8,7 @@
 # Each at c=8 and c=64 with wrk, direct to the mock, through the hop and
 # through infermux, in one run; prints req/s and infermux / hop.
 #
-# Usage: [LEDGER=off] bench/traffic.sh [seconds per load run, default 10]
+# Usage: [LEDGER=off] [AUTH=on] bench/traffic.sh [seconds per load run, default 10]
 # Needs: nginx, wrk and taskset (apt-get install -y nginx-light wrk util-linux).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,6 +82,20 @@ providers:
 YAML
 # LEDGER=off: without the ledger (ledger.enabled: false), to show its cost.
 [ "${LEDGER:-on}" = off ] && printf 'ledger: {enabled: false}\n' >> "$out/traffic.yml"
+# AUTH=on: every request carries a key that auth.required checks, with a
+# budget that each call reserves from and settles to (priced models).
+if [ "${AUTH:-off}" = on ]; then
+  cat >> "$out/traffic.yml" <<'AUTHYAML'
+pricing:
+  mock: {bench-model: {input_per_million: 1, output_per_million: 2}}
+  mock-sse: {bench-sse: {input_per_million: 1, output_per_million: 2}}
+auth:
+  required: true
+  keys:
+    - {name: bench, key: imx-bench-key, budget: {usd: 1000000, period: total}}
+AUTHYAML
+  export KEY=imx-bench-key
+fi
 
 nginx -p "$PWD/$out" -c "$PWD/$out/traffic-mock.conf" & pids+=($!)
 nginx -p "$PWD/$out" -c "$PWD/$out/traffic-hop.conf" & pids+=($!)
@@ -90,7 +104,7 @@ for port in 18811 18812 18813; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done
 for f in small stream agent; do
-  curl -sf -H 'content-type: application/json' --data-binary @"$out/$f.json" \
+  curl -sf -H 'content-type: application/json' ${KEY:+-H "authorization: Bearer $KEY"} --data-binary @"$out/$f.json" \
     http://127.0.0.1:18813/v1/chat/completions >/dev/null || { echo "infermux does not answer $f; see $out/traffic-infermux.log" >&2; exit 1; }
 done
 
