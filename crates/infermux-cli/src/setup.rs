@@ -324,10 +324,11 @@ where
         let (spans, reporter) = spans(prepared.tokentrace.as_deref())?;
         prepared.spawn_health_checks();
         let listener = bind(&prepared.addr).await?;
-        prepared.log_listening(kind, listener.local_addr().map_err(|e| e.to_string())?);
-        serve(listener, prepared.router(spans), tls)
-            .await
-            .map_err(|e| format!("server error: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        // The server (and its signal handlers) first, then the address.
+        let served = serve(listener, prepared.router(spans), tls);
+        prepared.log_listening(kind, local);
+        served.await.map_err(|e| format!("server error: {e}"))?;
         prepared.close_ledger();
         if let Some(task) = reporter {
             task.shutdown(SPAN_FLUSH).await;
@@ -369,26 +370,33 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// Completes on SIGINT or SIGTERM (Ctrl-C only where there are no Unix signals).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    // SIGTERM's handler is installed now (inside the runtime), not when the
+    // future is first polled: a server that has logged its address stops
+    // cleanly on a SIGTERM sent at once.
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match terminate {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = terminate => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
     }
 }
 

@@ -44,13 +44,16 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = first.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The signal handlers are installed here, before the address is logged:
+    // a SIGTERM sent as soon as it is must stop the server cleanly.
+    let signal = {
+        let _in_runtime = rt.enter();
+        setup::shutdown_signal()
+    };
     rt.spawn(async move {
-        setup::shutdown_signal().await;
+        signal.await;
         let _ = stop.send(true);
     });
-    // Let the task install its signal handlers before the address is
-    // logged: a SIGTERM sent as soon as it is must stop the server cleanly.
-    rt.block_on(tokio::task::yield_now());
     prepared.log_listening("HTTP", local);
     tracing::debug!(threads, "one runtime per thread");
     let token = std::env::var("INFERMUX_MANAGEMENT_TOKEN").ok();
