@@ -1022,3 +1022,26 @@ fn a_key_pattern_that_matches_no_model_warns_at_start() {
     );
     assert_eq!(served.terminate(), 0);
 }
+
+/// The official OpenAI Python SDK with infermux keys: each refusal is the
+/// SDK's own exception class.
+#[test]
+fn openai_python_sdk_works_with_keys() {
+    let config = callers_config("sdk-keys");
+    std::fs::write(
+        &config,
+        "providers:\n  - name: echo\n    type: echo\nauth:\n  required: true\n  keys:\n    - name: app\n      key: sk-app\n      models: [\"echo-*\"]\n      budget: {usd: 10, period: monthly}\n    - name: mini\n      key: sk-mini\n      models: [other-model]\n    - name: slow\n      key: sk-slow\n      rate_limits: {requests_per_minute: 1}\n",
+    )
+    .unwrap();
+    let mut served = Served::start(
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    run_interop("openai_sdk_keys.py", &format!("http://{}", served.addr));
+    assert_eq!(served.terminate(), 0);
+}
