@@ -616,3 +616,37 @@ async fn a_team_budget_is_shared_by_its_keys_and_expired_keys_are_refused() {
         "no secret in an error body"
     );
 }
+
+#[tokio::test]
+async fn a_huge_or_odd_authorization_header_is_refused_and_the_next_call_served() {
+    let up = Upstream::start().await;
+    up.always(Reply::Json(200, completion(1, 1)));
+    let gw = Gateway::with_ledger(&config(&up.url, KEYS), &temp_ledger("odd")).await;
+    let huge = "x".repeat(1 << 20);
+    let resp = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(&huge)
+        .json(&ask("gpt-4o", 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    for odd in ["Basic sk-app-secret", "Bearer", "Bearer  ", "sk-app-secret"] {
+        let resp = gw
+            .client
+            .post(format!("{}/v1/chat/completions", gw.base))
+            .header("authorization", odd)
+            .json(&ask("gpt-4o", 5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{odd:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(!body.to_string().contains("sk-app-secret"), "{body}");
+    }
+    assert_eq!(
+        gw.chat_as(Some("sk-app-secret"), ask("gpt-4o", 5)).await.0,
+        200
+    );
+}
