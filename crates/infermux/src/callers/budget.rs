@@ -129,8 +129,8 @@ impl Budget {
         s
     }
 
-    /// Reserves `usd` if it fits beside what is spent and reserved. The
-    /// period it counts in is returned, for [`Budget::settle`].
+    /// Reserves `usd` if it fits beside what is spent and reserved (the start
+    /// of the period it counts in is returned); else what is left.
     pub fn reserve(&self, usd: f64, now_ms: i64) -> Result<i64, f64> {
         let mut s = self.state(now_ms);
         let left = self.spec.usd - s.spent - s.reserved;
@@ -141,13 +141,11 @@ impl Budget {
         Ok(s.period_start)
     }
 
-    /// Gives back `usd` reserved in `period`, and adds `actual` to the spend.
-    pub fn settle(&self, period: i64, reserved: f64, actual: f64, now_ms: i64) {
+    /// Gives back `reserved`, and adds `actual` to the spend. A call that
+    /// began in an earlier period counts in the current one: it ended there.
+    pub fn settle(&self, reserved: f64, actual: f64, now_ms: i64) {
         let mut s = self.state(now_ms);
         s.reserved = (s.reserved - reserved).max(0.0);
-        // A call that began in an earlier period counts in the new one: it
-        // ended there.
-        let _ = period;
         s.spent += actual;
     }
 
@@ -215,11 +213,11 @@ mod tests {
             0.25,
             NOON,
         );
-        let p = b.reserve(0.5, NOON).unwrap();
+        b.reserve(0.5, NOON).unwrap();
         assert_eq!(b.reserve(0.5, NOON), Err(0.25), "0.25 spent, 0.5 reserved");
         assert!(b.reserve(0.25, NOON).is_ok());
         assert_eq!(b.remaining(NOON), 0.0);
-        b.settle(p, 0.5, 0.1, NOON);
+        b.settle(0.5, 0.1, NOON);
         assert!((b.remaining(NOON) - 0.4).abs() < 1e-12);
         assert!((b.spent(NOON) - 0.35).abs() < 1e-12);
         // The next day starts again.

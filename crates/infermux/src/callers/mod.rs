@@ -269,8 +269,8 @@ impl Grant {
         }
         let team_budget = self.key.team.as_ref().and_then(|t| t.budget.as_ref());
         if let Some(Err(_)) = team_budget.map(|b| b.reserve(usd, now)) {
-            if let (Some(b), Some(Ok(p))) = (&self.key.budget, key) {
-                b.settle(p, usd, 0.0, now);
+            if let (Some(b), Some(Ok(_))) = (&self.key.budget, key) {
+                b.settle(usd, 0.0, now);
             }
             return false;
         }
@@ -286,12 +286,12 @@ impl Grant {
     /// Settles the reservation to what the call cost and counts its tokens.
     pub fn settle(&self, cost_usd: f64, tokens: u64) {
         let now = now_ms();
-        if let (Some(b), Some(p)) = (&self.key.budget, self.periods.0) {
-            b.settle(p, self.reserved, cost_usd, now);
+        if let (Some(b), Some(_)) = (&self.key.budget, self.periods.0) {
+            b.settle(self.reserved, cost_usd, now);
         }
         if let Some(team) = &self.key.team {
-            if let (Some(b), Some(p)) = (&team.budget, self.periods.1) {
-                b.settle(p, self.reserved, cost_usd, now);
+            if let (Some(b), Some(_)) = (&team.budget, self.periods.1) {
+                b.settle(self.reserved, cost_usd, now);
             }
             if let Some(l) = &team.limiter {
                 l.add_tokens(tokens);
@@ -511,8 +511,8 @@ impl Callers {
             None => None,
             Some(Ok(p)) => Some(p),
             Some(Err(left)) => {
-                if let (Some(b), Some(p)) = (&key.budget, key_period) {
-                    b.settle(p, worst_case_usd, 0.0, now);
+                if let (Some(b), Some(_)) = (&key.budget, key_period) {
+                    b.settle(worst_case_usd, 0.0, now);
                 }
                 let team = key.team.as_ref().map_or("", |t| &*t.name);
                 return Err(budget_error(&format!("team \"{team}\""), left));
