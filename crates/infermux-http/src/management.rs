@@ -149,15 +149,21 @@ pub async fn providers(State(state): State<Arc<AppState>>) -> Response {
 pub async fn status(State(state): State<Arc<AppState>>) -> Response {
     let providers = provider_statuses(&state);
     let open = providers.iter().filter(|p| p.circuit == "open").count();
-    axum::Json(serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if open == 0 { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "open_circuits": open,
         "spans_dropped": state.router.spans().dropped(),
         "providers": providers,
-    }))
-    .into_response()
+    });
+    if let Some(callers) = state.router.callers() {
+        body["keys"] = callers.keys().len().into();
+        body["auth_required"] = callers.required().into();
+        // Rows the ledger could not store: anything but 0 is money data lost.
+        body["ledger_rows_lost"] = callers.ledger().map(|l| l.lost_rows()).into();
+    }
+    axum::Json(body).into_response()
 }
 
 /// `GET /_infermux/metrics`: Prometheus (OpenMetrics) text.

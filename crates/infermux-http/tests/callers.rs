@@ -258,6 +258,13 @@ async fn keys_made_through_the_api_work_at_once_and_revocation_is_immediate() {
         .manage(reqwest::Method::GET, "/_infermux/keys/nobody", None)
         .await;
     assert_eq!(status, 404);
+    let (status, body) = gw
+        .manage(reqwest::Method::GET, "/_infermux/status", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ledger_rows_lost"], 0, "{body}");
+    assert_eq!(body["auth_required"], true);
+    assert_eq!(body["keys"], 3);
 
     // After a restart: the API's key is still revoked, the config's too.
     gw.ledger.as_ref().unwrap().close().unwrap();

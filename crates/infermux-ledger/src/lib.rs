@@ -269,6 +269,10 @@ impl Drop for SqliteLedger {
 }
 
 impl Ledger for SqliteLedger {
+    fn lost_rows(&self) -> u64 {
+        self.failed_rows()
+    }
+
     fn record(&self, row: CallRow) {
         if !self.send(Msg::Row(Box::new(row))) {
             self.failed

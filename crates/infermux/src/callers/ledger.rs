@@ -140,4 +140,8 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     fn save_key(&self, key: &StoredKey) -> Result<(), LedgerError>;
     /// Marks the key named `name` (hashed `sha256`) revoked at `at_ms`.
     fn revoke_key(&self, name: &str, sha256: &[u8; 32], at_ms: i64) -> Result<(), LedgerError>;
+    /// Rows that could not be stored since start (each also logged).
+    fn lost_rows(&self) -> u64 {
+        0
+    }
 }
