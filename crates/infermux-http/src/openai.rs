@@ -836,11 +836,7 @@ async fn stream_completion(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     crate::routes::route_headers(&mut headers, &routed.provider, &routed.upstream_model);
-    if let Some(left) = routed.budget_remaining
-        && let Ok(v) = HeaderValue::from_str(&crate::routes::budget_text(left))
-    {
-        headers.insert(crate::routes::BUDGET_REMAINING.clone(), v);
-    }
+    crate::routes::budget_header(&mut headers, routed.budget_remaining);
     crate::routes::strategy_headers(&mut headers, routed.strategy, routed.route_group.as_deref());
     if let Some(v) = routed
         .upstream_request_id()
@@ -1048,14 +1044,7 @@ pub async fn embeddings(
         HeaderValue::from(resp.tokens_in),
     );
     headers.insert("x-infermux-latency-ms", HeaderValue::from(resp.latency_ms));
-    if let Some(left) = ctx
-        .key
-        .as_ref()
-        .and_then(|k| k.budget_remaining(infermux::callers::now_ms()))
-        && let Ok(v) = HeaderValue::from_str(&crate::routes::budget_text(left))
-    {
-        headers.insert(crate::routes::BUDGET_REMAINING.clone(), v);
-    }
+    crate::routes::budget_header(&mut headers, ctx.budget_remaining());
     Ok((StatusCode::OK, headers, bytes).into_response())
 }
 

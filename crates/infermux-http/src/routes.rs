@@ -90,14 +90,23 @@ static STRATEGY: HeaderName = HeaderName::from_static("x-infermux-strategy");
 static ROUTE_GROUP: HeaderName = HeaderName::from_static("x-infermux-route-group");
 static CACHED_TOKENS: HeaderName = HeaderName::from_static("x-infermux-cached-tokens");
 static REASONING_TOKENS: HeaderName = HeaderName::from_static("x-infermux-reasoning-tokens");
-pub(crate) static BUDGET_REMAINING: HeaderName =
-    HeaderName::from_static("x-infermux-budget-remaining");
+static BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-infermux-budget-remaining");
 pub(crate) static UPSTREAM_REQUEST_ID: HeaderName =
     HeaderName::from_static("x-infermux-upstream-request-id");
 
 /// A budget's remaining dollars as a header value (as Rust writes an `f64`).
-pub(crate) fn budget_text(left: f64) -> String {
+fn budget_text(left: f64) -> String {
     format!("{}", left.max(0.0))
+}
+
+/// `X-Infermux-Budget-Remaining`, when a budget applies (the answers that
+/// are not [`RoutedJson`]: streams, embeddings).
+pub(crate) fn budget_header(headers: &mut HeaderMap, left: Option<f64>) {
+    if let Some(left) = left
+        && let Ok(v) = HeaderValue::from_str(&budget_text(left))
+    {
+        headers.insert(BUDGET_REMAINING.clone(), v);
+    }
 }
 
 /// A routed call's 200 JSON answer with its `X-Infermux-*` headers, before

@@ -439,6 +439,21 @@ async fn a_stream_that_outruns_its_budget_is_cut_and_its_upstream_closed() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(up.abandoned(), 1, "the upstream stream was closed");
+    // The upstream never sent usage: the ledger still charges what was
+    // streamed (estimated), close to the budget and never over it by more
+    // than one growth step.
+    let (_, report) = gw
+        .manage(reqwest::Method::GET, "/_infermux/spend?group_by=key", None)
+        .await;
+    let cost = report["rows"][0]["cost_usd"].as_f64().unwrap();
+    assert!(
+        cost > 0.3 && cost <= 0.5 + 0.125,
+        "charged ${cost}: {report}"
+    );
+    assert!(
+        report["rows"][0]["tokens_out"].as_u64().unwrap() > 300,
+        "{report}"
+    );
 }
 
 #[tokio::test]

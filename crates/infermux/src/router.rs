@@ -44,6 +44,16 @@ pub struct RequestContext {
     pub dialect: &'static str,
 }
 
+impl RequestContext {
+    /// What the caller's key and team budgets have left now (`None`: no
+    /// key, or no budget applies).
+    pub fn budget_remaining(&self) -> Option<f64> {
+        self.key
+            .as_ref()
+            .and_then(|k| k.budget_remaining(crate::callers::now_ms()))
+    }
+}
+
 /// A completed call: the response and what the edges report beside it.
 #[derive(Debug, Clone)]
 pub struct Routed {
@@ -162,6 +172,11 @@ impl Router {
         self.callers.as_ref()
     }
 
+    /// The ledger, borrowed (for a call that lives within this borrow).
+    fn ledger(&self) -> Option<&dyn Ledger> {
+        self.callers.as_ref()?.ledger().map(|l| &**l)
+    }
+
     /// Starts a call's accounting: the caller's model list (403 before
     /// anything else), and the row the ledger will get.
     fn open_account(
@@ -173,11 +188,8 @@ impl Router {
         let Some(callers) = &self.callers else {
             return Ok(());
         };
-        if let Some(key) = &ctx.key
-            && !key.allows(&span.attrs.model)
-        {
-            // The refusal is the one `admit` would give.
-            callers.admit(key, &span.attrs.model, 0.0)?;
+        if let Some(key) = &ctx.key {
+            key.check_model(&span.attrs.model)?;
         }
         let caller = ctx.caller.clone().or_else(|| {
             req_meta
@@ -186,7 +198,12 @@ impl Router {
                 .map(|c| Arc::from(crate::validate::truncate(c, 256)))
         });
         span.account = Some(Box::new(Account {
-            ledger: callers.ledger().cloned(),
+            // Borrowed for a call within the router's borrow: a shared
+            // `Arc`'s count bounced between cores on every call.
+            ledger: callers.ledger().map(|l| match span.sink {
+                Sink::Borrowed(_) => LedgerRef::Borrowed,
+                Sink::Shared(_) => LedgerRef::Shared(l.clone()),
+            }),
             key: ctx.key.clone(),
             grant: None,
             caller,
@@ -331,15 +348,13 @@ impl Router {
     /// (a call dropped by its caller reports a `cancelled` error span).
     pub async fn call(&self, req: &InferRequest, ctx: &RequestContext) -> Result<Routed, Error> {
         let ctx = &self.deadline_of(ctx);
-        let mut span = PendingSpan::start(Sink::Borrowed(&*self.spans), ctx, &req.model);
+        let mut span =
+            PendingSpan::start(Sink::Borrowed(&*self.spans), self.ledger(), ctx, &req.model);
         let mut result = self.call_inner(req, ctx, &mut span).await;
         match &mut result {
             Ok(routed) => {
                 span.finish_ok(&routed.response);
-                routed.budget_remaining = ctx
-                    .key
-                    .as_ref()
-                    .and_then(|k| k.budget_remaining(crate::callers::now_ms()));
+                routed.budget_remaining = ctx.budget_remaining();
             }
             Err(e) => span.finish_err(e),
         }
@@ -449,7 +464,8 @@ impl Router {
         ctx: &RequestContext,
     ) -> Result<(EmbedResponse, Arc<str>), Error> {
         let ctx = &self.deadline_of(ctx);
-        let mut span = PendingSpan::start(Sink::Borrowed(&*self.spans), ctx, &req.model);
+        let mut span =
+            PendingSpan::start(Sink::Borrowed(&*self.spans), self.ledger(), ctx, &req.model);
         let result = async {
             if req.input.is_empty() {
                 return Err(Error::invalid("input: must contain at least one text"));
@@ -496,7 +512,7 @@ impl Router {
         ctx: &RequestContext,
     ) -> Result<RoutedStream, Error> {
         let ctx = &self.deadline_of(ctx);
-        let mut span = PendingSpan::start(Sink::Shared(self.spans.clone()), ctx, &req.model);
+        let mut span = PendingSpan::start(Sink::Shared(self.spans.clone()), None, ctx, &req.model);
         let deadline = ctx.timeout.map(|t| Instant::now() + t);
         // Fallback is possible until the first chunk: each attempt opens the
         // stream and waits for its first item before committing to it.
@@ -537,10 +553,7 @@ impl Router {
                 done: false,
                 prompt_tokens: prompt_estimate(req),
                 streamed: 0,
-                budget_remaining: ctx
-                    .key
-                    .as_ref()
-                    .and_then(|k| k.budget_remaining(crate::callers::now_ms())),
+                budget_remaining: ctx.budget_remaining(),
             }),
             Err(e) => {
                 span.finish_err(&e);
@@ -841,7 +854,7 @@ fn prompt_estimate(req: &InferRequest) -> u64 {
 /// A call's accounting, when the router has [`Callers`]: who called, what
 /// the key reserved, and the ledger the call's row goes to.
 struct Account {
-    ledger: Option<Arc<dyn Ledger>>,
+    ledger: Option<LedgerRef>,
     key: Option<Arc<Key>>,
     grant: Option<Grant>,
     caller: Option<Arc<str>>,
@@ -853,16 +866,33 @@ struct Account {
     status: u16,
 }
 
+/// The ledger a call's row goes to: the router's own, reached through the
+/// borrowed callers at close (a call), or held by a stream that outlives it.
+enum LedgerRef {
+    Borrowed,
+    Shared(Arc<dyn Ledger>),
+}
+
 impl Account {
-    /// Settles the reservation and writes the ledger row of a finished call.
-    fn close(self, span: &TraceSpan) {
+    /// Settles the reservation and writes the ledger row of a finished call;
+    /// `borrowed` is the router's ledger, for a call that borrows it.
+    fn close(self, span: &TraceSpan, borrowed: Option<&dyn Ledger>) {
         let a = &span.attrs;
         let tokens = a.tokens_in + a.tokens_out;
         if let Some(grant) = &self.grant {
             grant.settle(a.cost_usd, tokens);
         }
-        let Some(ledger) = self.ledger else {
-            return;
+        let shared;
+        let ledger: &dyn Ledger = match self.ledger {
+            None => return,
+            Some(LedgerRef::Shared(l)) => {
+                shared = l;
+                &*shared
+            }
+            Some(LedgerRef::Borrowed) => match borrowed {
+                Some(l) => l,
+                None => return,
+            },
         };
         let status = match span.status {
             SpanStatus::Ok => 200,
@@ -915,6 +945,8 @@ struct PendingSpan<'a> {
     deadline: Option<Instant>,
     /// Keys, budget and ledger row, when the router has callers.
     account: Option<Box<Account>>,
+    /// The router's ledger, borrowed like `sink` (`None` for a stream).
+    ledger: Option<&'a dyn Ledger>,
 }
 
 /// Where a span goes: the router's sink, borrowed for a call that lives
@@ -939,6 +971,7 @@ impl<'a> PendingSpan<'a> {
     fn detached(req: &InferRequest) -> Self {
         let mut span = PendingSpan::start(
             Sink::Borrowed(&NoopSink),
+            None,
             &RequestContext::default(),
             &req.model,
         );
@@ -946,10 +979,16 @@ impl<'a> PendingSpan<'a> {
         span
     }
 
-    fn start(sink: Sink<'a>, ctx: &RequestContext, model: &str) -> Self {
+    fn start(
+        sink: Sink<'a>,
+        ledger: Option<&'a dyn Ledger>,
+        ctx: &RequestContext,
+        model: &str,
+    ) -> Self {
         let started = Instant::now();
         PendingSpan {
             sink,
+            ledger,
             attrs: SpanAttrs {
                 model: Arc::from(crate::validate::truncate(model, 256)),
                 ..SpanAttrs::default()
@@ -1033,7 +1072,7 @@ impl<'a> PendingSpan<'a> {
             attrs,
         };
         if let Some(account) = self.account.take() {
-            account.close(&span);
+            account.close(&span, self.ledger);
         }
         self.sink.get().report(span);
     }
@@ -1107,12 +1146,6 @@ impl RoutedStream {
     /// output so far, estimated) must fit in what the caller reserved, which
     /// grows while the budgets allow.
     fn within_budget(&mut self, chunk: &InferChunk) -> bool {
-        let Some(grant) = self.span.account.as_mut().and_then(|a| a.grant.as_mut()) else {
-            return true;
-        };
-        let Some(price) = self.pricing.0.or(self.pricing.1) else {
-            return true;
-        };
         // The text of the output; a tool call's arguments by the event's size.
         self.streamed += chunk.delta.len()
             + chunk.reasoning.as_ref().map_or(0, String::len)
@@ -1121,6 +1154,12 @@ impl RoutedStream {
             } else {
                 0
             };
+        let Some(grant) = self.span.account.as_mut().and_then(|a| a.grant.as_mut()) else {
+            return true;
+        };
+        let Some(price) = self.pricing.0.or(self.pricing.1) else {
+            return true;
+        };
         let running = price_of(
             price,
             Usage::new(self.prompt_tokens, (self.streamed / 4) as u64),
@@ -1130,11 +1169,43 @@ impl RoutedStream {
         running <= reserved || grant.extend((running - reserved).max(reserved / 4.0))
     }
 
+    /// A stream that ends before the upstream reported usage (cut at its
+    /// budget, failed upstream, dropped by its caller) still cost what was
+    /// generated: the span and the ledger get the estimate, marked as such.
+    fn charge_estimate(&mut self) {
+        let attrs = &mut self.span.attrs;
+        if self.streamed == 0 || attrs.tokens_out > 0 || attrs.cost_usd > 0.0 {
+            return;
+        }
+        let usage = Usage::new(
+            attrs.tokens_in.max(self.prompt_tokens),
+            (self.streamed / 4).max(1) as u64,
+        );
+        attrs.set_usage(usage);
+        attrs.usage_estimated = true;
+        if let Some(price) = self.pricing.0.or(self.pricing.1) {
+            attrs.cost_usd = price_of(price, usage);
+        }
+    }
+
     fn end(&mut self, result: Result<(), &Error>) {
+        if result.is_err() {
+            self.charge_estimate();
+        }
         self.done = true;
         match result {
             Ok(()) => self.span.report(SpanStatus::Ok),
             Err(e) => self.span.finish_err(e),
+        }
+    }
+}
+
+impl Drop for RoutedStream {
+    /// Dropped mid-stream (the caller went away): the span reports it as
+    /// cancelled, with what was generated so far charged.
+    fn drop(&mut self) {
+        if !self.done {
+            self.charge_estimate();
         }
     }
 }

@@ -188,6 +188,33 @@ impl Key {
         self.spec.models.is_empty() || self.spec.models.iter().any(|p| glob_match(p, model))
     }
 
+    /// 403 `model_not_allowed` unless this key may call `model`; the
+    /// message lists what it may call.
+    pub fn check_model(&self, model: &str) -> Result<(), Error> {
+        if self.allows(model) {
+            return Ok(());
+        }
+        let mut allowed = self
+            .spec
+            .models
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.spec.models.len() > 8 {
+            allowed.push_str(", …");
+        }
+        Err(Error::new(
+            ErrorKind::ModelNotAllowed,
+            format!(
+                "key \"{}\" may not use model \"{}\" (it may use: {allowed})",
+                self.name,
+                crate::validate::truncate(model, 128)
+            ),
+        ))
+    }
+
     /// What is left of the tighter of the key's and its team's budgets.
     pub fn budget_remaining(&self, now_ms: i64) -> Option<f64> {
         let team = self.team.as_ref().and_then(|t| t.budget.as_ref());
@@ -459,7 +486,9 @@ impl Callers {
         let index = self.index.load();
         let Some(key) = index.by_hash.get(&hash_secret(secret)) else {
             return if self.required {
-                Err(unauthorized("unknown key"))
+                Err(unauthorized(
+                    "unknown key: send a key from auth.keys or one made with `infermux keys create`",
+                ))
             } else {
                 Ok(None)
             };
@@ -479,23 +508,14 @@ impl Callers {
     /// team's rate limits, and a reservation of `worst_case_usd` from their
     /// budgets. Nothing is taken when anything refuses.
     pub fn admit(&self, key: &Arc<Key>, model: &str, worst_case_usd: f64) -> Result<Grant, Error> {
-        if !key.allows(model) {
-            return Err(Error::new(
-                ErrorKind::ModelNotAllowed,
-                format!(
-                    "key \"{}\" may not use model \"{}\"",
-                    key.name,
-                    crate::validate::truncate(model, 128)
-                ),
-            ));
-        }
+        key.check_model(model)?;
         self.check_limits(key)?;
         let now = now_ms();
         let budget_error = |whose: &str, left: f64| {
             Error::new(
                 ErrorKind::BudgetExceeded,
                 format!(
-                    "{whose} budget cannot cover this call (${left:.6} left, up to ${worst_case_usd:.6} needed)"
+                    "{whose} budget cannot cover this call (${left:.6} left, up to ${worst_case_usd:.6} needed); a lower max_tokens reserves less, or raise the budget"
                 ),
             )
         };
@@ -561,11 +581,6 @@ impl Callers {
             .iter()
             .find(|k| *k.name == *name)
             .cloned()
-    }
-
-    /// The team named `name`.
-    pub fn team(&self, name: &str) -> Option<&Arc<Team>> {
-        self.teams.get(name)
     }
 
     /// Makes a key (through the management API): answers it with its
