@@ -114,9 +114,9 @@ pub struct SpendArgs {
     /// INFERMUX_MANAGEMENT_TOKEN).
     #[arg(long, default_value = "http://localhost:8600", env = "INFERMUX_SERVER")]
     pub server: String,
-    /// What rows group by.
-    #[arg(long, value_enum, default_value_t = GroupByArg::Key)]
-    pub group_by: GroupByArg,
+    /// What rows group by: key, team, model, provider, caller or day.
+    #[arg(long, default_value = "key", value_parser = parse_group_by)]
+    pub group_by: infermux::callers::GroupBy,
     /// Calls from this time on (RFC 3339).
     #[arg(long)]
     pub from: Option<String>,
@@ -125,16 +125,6 @@ pub struct SpendArgs {
     pub to: Option<String>,
     #[arg(long, value_enum, default_value_t = SpendFormat::Table)]
     pub format: SpendFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GroupByArg {
-    Key,
-    Team,
-    Model,
-    Provider,
-    Caller,
-    Day,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -285,6 +275,11 @@ pub struct InferArgs {
     /// Give up after this long (e.g. 30s).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+}
+
+fn parse_group_by(s: &str) -> Result<infermux::callers::GroupBy, String> {
+    infermux::callers::GroupBy::parse(s)
+        .ok_or_else(|| format!("\"{s}\" is not one of key, team, model, provider, caller, day"))
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.

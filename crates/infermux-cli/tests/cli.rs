@@ -884,6 +884,15 @@ fn keys_and_spend_through_the_cli_and_the_ledger_survives_sigterm() {
     assert!(ci["spend_usd"].as_f64().unwrap() > 0.0, "{ci}");
     assert_eq!(served.terminate(), 0);
     assert!(config.with_file_name("infermux.db").exists());
+    // The secret the server made is nowhere in the ledger's files.
+    for file in ["infermux.db", "infermux.db-wal"] {
+        if let Ok(bytes) = std::fs::read(config.with_file_name(file)) {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "the secret is in {file}"
+            );
+        }
+    }
 
     // After a restart, the report counts every call the first run answered.
     let mut served = Served::start(&["--addr", "127.0.0.1:0", "--config", config_arg], &[]);

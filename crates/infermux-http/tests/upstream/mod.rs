@@ -260,37 +260,18 @@ impl Gateway {
         let router = Router::new(registry.clone(), spans.clone())
             .with_pricing(infermux::cost::Pricing::new(&config.pricing))
             .with_callers(callers.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(infermux_http::serve(
-            listener,
-            infermux_http::app(router),
-            std::future::pending(),
-            Duration::from_secs(1),
-        ));
-        Gateway {
-            base,
-            client: reqwest::Client::new(),
-            spans,
-            registry,
-            callers: Some(callers),
-            ledger: Some(sqlite),
-        }
+        let mut gateway = Gateway::serve(router, registry, spans).await;
+        gateway.callers = Some(callers);
+        gateway.ledger = Some(sqlite);
+        gateway
     }
 
-    async fn start_with(yaml: &str, checked: bool) -> Gateway {
-        let config = Config::parse(yaml, &HashMap::<String, String>::new(), true).unwrap();
-        let registry = Arc::new(infermux_providers::registry_from_config(&config).unwrap());
-        if checked {
-            let checks: Vec<_> = config
-                .providers
-                .iter()
-                .map(|p| (p.name.clone(), p.health_check))
-                .collect();
-            infermux::health::spawn_checks(&registry, &checks);
-        }
-        let spans = Arc::new(RecordingSink::default());
-        let router = Router::new(registry.clone(), spans.clone());
+    /// Serves `router` on a new port.
+    async fn serve(
+        router: Router,
+        registry: Arc<infermux::Registry>,
+        spans: Arc<RecordingSink>,
+    ) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(infermux_http::serve(
@@ -307,6 +288,22 @@ impl Gateway {
             callers: None,
             ledger: None,
         }
+    }
+
+    async fn start_with(yaml: &str, checked: bool) -> Gateway {
+        let config = Config::parse(yaml, &HashMap::<String, String>::new(), true).unwrap();
+        let registry = Arc::new(infermux_providers::registry_from_config(&config).unwrap());
+        if checked {
+            let checks: Vec<_> = config
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.health_check))
+                .collect();
+            infermux::health::spawn_checks(&registry, &checks);
+        }
+        let spans = Arc::new(RecordingSink::default());
+        let router = Router::new(registry.clone(), spans.clone());
+        Gateway::serve(router, registry, spans).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {

@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use super::budget::BudgetSpec;
-use crate::ratelimit::RateLimits;
+use super::KeySpec;
 
 /// One routed call, as attributed and priced (SPEC §13).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,18 +35,11 @@ pub struct CallRow {
     pub usage_estimated: bool,
 }
 
-/// A key created through the management API, as the ledger keeps it: the
-/// secret only as its SHA-256.
+/// A key created through the management API, as the ledger keeps it (the
+/// secret only as its SHA-256, in `spec`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredKey {
-    pub name: String,
-    pub sha256: [u8; 32],
-    pub team: Option<String>,
-    pub models: Vec<String>,
-    pub budget: Option<BudgetSpec>,
-    pub rate_limits: RateLimits,
-    /// Unix seconds.
-    pub expires_at: Option<i64>,
+    pub spec: KeySpec,
     /// Unix milliseconds.
     pub created_ms: i64,
     /// Unix milliseconds; `Some` once revoked.

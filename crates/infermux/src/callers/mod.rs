@@ -389,26 +389,17 @@ impl Callers {
         for spec in &settings.keys {
             let revoked = stored
                 .iter()
-                .find(|s| s.sha256 == spec.sha256)
+                .find(|s| s.spec.sha256 == spec.sha256)
                 .and_then(|s| s.revoked_ms);
             let key = callers.key(spec.clone(), Origin::Config, now, revoked.unwrap_or(0))?;
             index.by_hash.insert(spec.sha256, key.clone());
             index.keys.push(key);
         }
         for s in stored {
-            if index.by_hash.contains_key(&s.sha256) {
+            if index.by_hash.contains_key(&s.spec.sha256) {
                 continue;
             }
-            let spec = KeySpec {
-                name: s.name,
-                sha256: s.sha256,
-                team: s.team,
-                models: s.models,
-                budget: s.budget,
-                rate_limits: s.rate_limits,
-                expires_at: s.expires_at,
-            };
-            let key = callers.key(spec, Origin::Api, s.created_ms, s.revoked_ms.unwrap_or(0))?;
+            let key = callers.key(s.spec, Origin::Api, s.created_ms, s.revoked_ms.unwrap_or(0))?;
             index.by_hash.insert(key.spec.sha256, key.clone());
             index.keys.push(key);
         }
@@ -610,13 +601,7 @@ impl Callers {
         let key = self.key(spec, Origin::Api, now, 0)?;
         if let Some(l) = &self.ledger {
             l.save_key(&StoredKey {
-                name: key.spec.name.clone(),
-                sha256: key.spec.sha256,
-                team: key.spec.team.clone(),
-                models: key.spec.models.clone(),
-                budget: key.spec.budget,
-                rate_limits: key.spec.rate_limits,
-                expires_at: key.spec.expires_at,
+                spec: key.spec.clone(),
                 created_ms: now,
                 revoked_ms: None,
             })
