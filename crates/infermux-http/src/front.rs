@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::routes::{Answer, RoutedJson};
-use crate::{Api, AppState, error, extract, openai, routes};
+use crate::{Api, AppState, anthropic, error, extract, openai, routes};
 
 /// The largest request head read here (hyper takes a larger one over).
 const MAX_HEAD: usize = 64 * 1024;
@@ -57,6 +57,7 @@ pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy)]
 enum Route {
     ChatCompletions,
+    Messages,
     Infer,
     Mist,
 }
@@ -75,9 +76,10 @@ struct Head {
     trace: Option<TraceContext>,
     timeout: Option<Duration>,
     /// Where in the head the caller's `Authorization`, `x-api-key` and
-    /// `X-Infermux-Caller` values are, for [`extract::identify`].
+    /// `X-Infermux-Caller` values are, for [`extract::identify`], then its
+    /// `anthropic-version` and `anthropic-beta`.
     /// (start, end) in the head; (0, 0): not sent (no value starts at 0).
-    who: [(u32, u32); 3],
+    who: [(u32, u32); 5],
 }
 
 enum Parsed {
@@ -165,15 +167,32 @@ pub(crate) async fn connection(tcp: TcpStream, api: Api, mut draining: watch::Re
             timeout: head.timeout,
             ..RequestContext::default()
         };
+        let value = |i: usize| match head.who[i] {
+            (0, 0) => None,
+            (start, end) => whole.get(start as usize..end as usize),
+        };
         let mut refused = head.refused;
         if refused.is_ok() {
-            let value = |i: usize| match head.who[i] {
-                (0, 0) => None,
-                (start, end) => whole.get(start as usize..end as usize),
-            };
             refused = extract::identify(&state, &mut ctx, value(0), value(1), value(2));
         }
-        let Some(answer) = conn.call(&state, head.route, refused, ctx, body).await else {
+        let versions = match head.route {
+            Route::Messages => {
+                let text = |i: usize| {
+                    value(i)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(Box::from)
+                };
+                anthropic::Versions {
+                    version: text(3),
+                    beta: text(4),
+                }
+            }
+            _ => anthropic::Versions::default(),
+        };
+        let Some(answer) = conn
+            .call(&state, head.route, refused, ctx, versions, body)
+            .await
+        else {
             return; // the client went away: its call is dropped, so cancelled
         };
         // Once shutdown has begun, answer and close: the client reconnects
@@ -237,6 +256,7 @@ fn parse(buf: &[u8]) -> Parsed {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let route = match path {
         "/v1/chat/completions" => Route::ChatCompletions,
+        "/v1/messages" => Route::Messages,
         "/infer" => Route::Infer,
         "/mist" => Route::Mist,
         _ => return Parsed::Theirs,
@@ -246,7 +266,7 @@ fn parse(buf: &[u8]) -> Parsed {
     let mut content_type = None;
     let mut trace = None;
     let mut timeout = None;
-    let mut who = [(0, 0); 3];
+    let mut who = [(0, 0); 5];
     // Where a header value lies in `buf` (httparse's slices point into it;
     // the head is at most MAX_HEAD bytes, so offsets fit in a u32).
     let at = |v: &[u8]| {
@@ -262,6 +282,14 @@ fn parse(buf: &[u8]) -> Parsed {
             who[1] = at(h.value);
         } else if name.eq_ignore_ascii_case(extract::CALLER_HEADER) {
             who[2] = at(h.value);
+        } else if name.eq_ignore_ascii_case("anthropic-version") {
+            who[3] = at(h.value);
+        } else if name.eq_ignore_ascii_case("anthropic-beta") {
+            // Several lines are one list, as HTTP joins them: hyper's turn.
+            if who[4] != (0, 0) {
+                return Parsed::Theirs;
+            }
+            who[4] = at(h.value);
         } else if name.eq_ignore_ascii_case("content-length") {
             let len = std::str::from_utf8(h.value)
                 .ok()
@@ -361,14 +389,23 @@ impl Conn {
         route: Route,
         refused: Result<(), ApiError>,
         ctx: RequestContext,
+        versions: anthropic::Versions,
         body: Bytes,
     ) -> Option<Answer> {
         let handler = async move {
-            refused?;
-            match route {
-                Route::ChatCompletions => openai::completions(state, ctx, body).await,
-                Route::Infer => routes::infer_body(state, ctx, body).await,
-                Route::Mist => routes::mist_body(state, ctx, body).await,
+            match (route, refused) {
+                // Anthropic's error shape, refusals included.
+                (Route::Messages, refused) => {
+                    let answer = match refused {
+                        Ok(()) => anthropic::messages(state, ctx, versions, body).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    Ok(answer.unwrap_or_else(|e| Answer::Response(e.into_response())))
+                }
+                (_, Err(e)) => Err(e),
+                (Route::ChatCompletions, Ok(())) => openai::completions(state, ctx, body).await,
+                (Route::Infer, Ok(())) => routes::infer_body(state, ctx, body).await,
+                (Route::Mist, Ok(())) => routes::mist_body(state, ctx, body).await,
             }
         };
         // Boxed: the call's future is a few KB, and moving it into the

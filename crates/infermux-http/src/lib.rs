@@ -12,12 +12,15 @@
 //! - `error`: renders [`infermux::Error`] as the contract's JSON error body.
 //! - `routes`: the MIST-native endpoints and `/_infermux/health`.
 //! - `openai`: the OpenAI-compatible endpoints under `/v1`.
+//! - `anthropic`: the Anthropic Messages API (`/v1/messages`, its
+//!   `count_tokens`), passed through or translated.
 //! - `management`: `/_infermux/status`, `providers`, circuit control, the token.
 //! - `keys`: callers' keys (`/_infermux/keys`) and spend reports
 //!   (`/_infermux/spend`), from the router's callers and ledger.
 //!
 //! [`Router`]: infermux::Router
 
+mod anthropic;
 mod error;
 mod extract;
 mod front;
@@ -210,6 +213,11 @@ fn api_routes() -> axum::Router<Arc<AppState>> {
         .route("/infer", post(routes::infer))
         .route("/providers", get(routes::providers))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/messages", post(anthropic::messages_route))
+        .route(
+            "/v1/messages/count_tokens",
+            post(anthropic::count_tokens_route),
+        )
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{*model}", get(openai::model))
         .route("/v1/embeddings", post(openai::embeddings))

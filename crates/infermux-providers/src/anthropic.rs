@@ -14,11 +14,13 @@ use async_trait::async_trait;
 use infermux::config::ProviderConfig;
 use infermux::{
     CallContext, ChunkStream, InferChunk, InferRequest, InferResponse, Provider, ProviderError,
-    Role,
+    Role, TokenCount,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::http::whole;
 use crate::{http, tokens};
 
 /// The `anthropic-version` header sent with every call.
@@ -32,6 +34,7 @@ pub struct AnthropicProvider {
     name: String,
     models: Vec<String>,
     url: ::http::Uri,
+    count_url: ::http::Uri,
     models_url: ::http::Uri,
     api_key: ::http::HeaderValue,
     upstream: http::Upstream,
@@ -67,6 +70,7 @@ impl AnthropicProvider {
             name: c.name.clone(),
             models: c.models.clone(),
             url: upstream.endpoint("v1/messages")?,
+            count_url: upstream.endpoint("v1/messages/count_tokens")?,
             models_url: upstream.endpoint("v1/models")?,
             api_key,
             upstream,
@@ -97,6 +101,52 @@ impl AnthropicProvider {
         let req = self.request(::http::Method::POST, self.url.clone());
         http::json(http::with_traceparent(req, ctx), body)
     }
+
+    /// A POST of the caller's own Messages body (SPEC §11) to `uri`, with
+    /// the caller's `anthropic-version` and `anthropic-beta` when it sent
+    /// them.
+    fn post_raw(
+        &self,
+        ctx: &CallContext<'_>,
+        uri: ::http::Uri,
+        raw: &infermux::raw::RawRequest,
+        body: Vec<u8>,
+    ) -> http::Request {
+        use ::http::{HeaderName, HeaderValue};
+        let mut req = self.request(::http::Method::POST, uri);
+        for (name, value) in raw.headers() {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                req.headers_mut()
+                    .insert(HeaderName::from_static(name), v);
+            }
+        }
+        http::json_bytes(http::with_traceparent(req, ctx), body)
+    }
+
+    /// The POST for a Messages call: the caller's bytes when it speaks this
+    /// API, else `req` (whole: see [`whole`]) translated; and whether it
+    /// went as sent.
+    fn messages_post(
+        &self,
+        ctx: &CallContext<'_>,
+        req: &InferRequest,
+        stream: bool,
+    ) -> Result<(http::Request, bool), ProviderError> {
+        if let Some(raw) = passthrough(req) {
+            let body = raw.body_for(ctx.model, stream);
+            return Ok((self.post_raw(ctx, self.url.clone(), raw, body), true));
+        }
+        let body = messages_request(ctx.model, req, stream)?;
+        Ok((self.post(ctx, &body)?, false))
+    }
+}
+
+/// The caller's body, when it is an Anthropic Messages request.
+fn passthrough(req: &InferRequest) -> Option<&infermux::raw::RawRequest> {
+    req.passthrough
+        .as_deref()
+        .map(|p| &p.raw)
+        .filter(|r| r.dialect == infermux::raw::Dialect::AnthropicMessages)
 }
 
 #[derive(Serialize)]
@@ -594,7 +644,10 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 }
 
 #[derive(Deserialize)]
-struct MessagesResponse {
+struct MessagesResponse<'a> {
+    /// Kept as the upstream's bytes, to be replaced in place.
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
     id: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -658,10 +711,11 @@ struct ApiError {
 
 /// One streaming event (only the fields infermux reads).
 #[derive(Deserialize)]
-struct StreamEvent {
+struct StreamEvent<'a> {
     #[serde(rename = "type")]
     kind: String,
-    message: Option<StartMessage>,
+    #[serde(borrow)]
+    message: Option<StartMessage<'a>>,
     delta: Option<Delta>,
     usage: Option<Usage>,
     error: Option<ApiError>,
@@ -670,7 +724,9 @@ struct StreamEvent {
 }
 
 #[derive(Deserialize)]
-struct StartMessage {
+struct StartMessage<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
     usage: Option<Usage>,
 }
 
@@ -684,16 +740,6 @@ struct Delta {
     stop_reason: Option<String>,
 }
 
-/// `req` whole: a request passed in as its caller's bytes is decoded again,
-/// tool calls and extra fields included, for translation.
-fn whole(req: &InferRequest) -> Result<Option<InferRequest>, ProviderError> {
-    match req.passthrough.as_deref().and_then(|p| p.whole_request()) {
-        None => Ok(None),
-        Some(r) => r
-            .map(Some)
-            .map_err(|e| ProviderError::InvalidRequest(e.message().to_owned())),
-    }
-}
 
 #[async_trait]
 impl Provider for AnthropicProvider {
@@ -715,16 +761,38 @@ impl Provider for AnthropicProvider {
         self.upstream.call_ok(http::empty(req)).await
     }
 
+    /// Anthropic's own count (`POST {base_url}/v1/messages/count_tokens`)
+    /// of a Messages request passed through; `None` for a translated one.
+    async fn count_tokens(
+        &self,
+        ctx: &CallContext<'_>,
+        req: &InferRequest,
+    ) -> Result<Option<TokenCount>, ProviderError> {
+        #[derive(Deserialize)]
+        struct Count {
+            input_tokens: u64,
+        }
+        let Some(raw) = passthrough(req) else {
+            return Ok(None);
+        };
+        let post = self.post_raw(ctx, self.count_url.clone(), raw, raw.body_for(ctx.model, false));
+        let count: Count = self.upstream.call_json(post).await?;
+        Ok(Some(TokenCount {
+            input_tokens: count.input_tokens,
+            estimated: false,
+        }))
+    }
+
     async fn infer(
         &self,
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<InferResponse, ProviderError> {
-        let full = whole(req)?;
+        let full = whole(req, infermux::raw::Dialect::AnthropicMessages)?;
         let req = full.as_ref().unwrap_or(req);
-        let body = messages_request(ctx.model, req, false)?;
-        let answer = self.upstream.call_success(self.post(ctx, &body)?).await?;
-        let parsed: MessagesResponse = self.upstream.read_json(&answer)?;
+        let (post, passed) = self.messages_post(ctx, req, false)?;
+        let answer = self.upstream.call_success(post).await?;
+        let parsed: MessagesResponse<'_> = self.upstream.read_json(&answer)?;
         if parsed.kind.as_deref() == Some("error") || parsed.error.is_some() {
             let message = parsed.error.map(|e| e.message).unwrap_or_default();
             return Err(ProviderError::Unavailable(format!(
@@ -779,6 +847,12 @@ impl Provider for AnthropicProvider {
                 .then(|| std::sync::Arc::new(Value::Array(thinking_blocks))),
             upstream_id: parsed.id,
             upstream_request_id: answer.request_id.as_deref().map(str::to_owned),
+            raw: passed.then(|| {
+                let model = parsed
+                    .model
+                    .and_then(|m| infermux::raw::range_in(&answer.body, m));
+                infermux::raw::RawAnswer::new(answer.body.clone(), model)
+            }),
             content,
             ..Default::default()
         };
@@ -802,24 +876,29 @@ impl Provider for AnthropicProvider {
         ctx: &CallContext<'_>,
         req: &InferRequest,
     ) -> Result<ChunkStream, ProviderError> {
-        let full = whole(req)?;
+        let full = whole(req, infermux::raw::Dialect::AnthropicMessages)?;
         let req = full.as_ref().unwrap_or(req);
-        let body = messages_request(ctx.model, req, true)?;
-        let resp = self.upstream.call_stream(self.post(ctx, &body)?).await?;
+        let (post, passed) = self.messages_post(ctx, req, true)?;
+        let resp = self.upstream.call_stream(post).await?;
         let provider = self.upstream.provider().clone();
         let structured = structured(req);
-        let prompt = http::Prompt::of(req, false);
+        let prompt = http::Prompt::of(req, passed);
         Ok(http::chunk_stream(resp, provider.clone(), prompt, {
             // Anthropic numbers content blocks; OpenAI numbers tool calls.
             let mut tool_index: Vec<u64> = Vec::new();
             // The block carrying a structured answer, once it starts.
             let mut answer_block: Option<u64> = None;
             move |event| {
-                let parsed: StreamEvent = serde_json::from_str(&event.data).map_err(|e| {
-                    ProviderError::Unavailable(format!(
-                        "provider \"{provider}\" sent an unreadable stream event: {e}"
-                    ))
-                })?;
+                let data = bytes::Bytes::from(event.data);
+                let parsed: StreamEvent<'_> = infermux::json::from_slice_untracked(&data)
+                    .map_err(|e| {
+                        ProviderError::Unavailable(format!(
+                            "provider \"{provider}\" sent an unreadable stream event: {e}"
+                        ))
+                    })?;
+                if passed {
+                    return passed_event(&provider, &data, parsed);
+                }
                 let mut chunk = InferChunk::default();
                 match parsed.kind.as_str() {
                     "message_start" => {
@@ -894,6 +973,57 @@ impl Provider for AnthropicProvider {
                 Ok(http::Step::Chunk(chunk))
             }
         }))
+    }
+}
+
+/// An event of a stream passed through (SPEC §11): what infermux reads of
+/// it (usage, the stop reason, the text for an estimate), with the event as
+/// it came for the caller. Every event goes on, pings and block stops
+/// included; `message_stop` is the last.
+fn passed_event(
+    provider: &str,
+    data: &bytes::Bytes,
+    parsed: StreamEvent<'_>,
+) -> Result<http::Step, ProviderError> {
+    let mut chunk = InferChunk::default();
+    let mut model = None;
+    match parsed.kind.as_str() {
+        "message_start" => {
+            if let Some(m) = parsed.message {
+                chunk.set_usage(m.usage.unwrap_or_default().input());
+                model = m.model.and_then(|m| infermux::raw::range_in(data, m));
+            }
+        }
+        "content_block_delta" => match parsed.delta {
+            Some(Delta {
+                text: Some(text), ..
+            }) => chunk.delta = text,
+            Some(Delta {
+                thinking: Some(text),
+                ..
+            }) => chunk.reasoning = Some(text),
+            _ => {}
+        },
+        "message_delta" => {
+            if let Some(reason) = parsed.delta.and_then(|d| d.stop_reason) {
+                chunk.finish_reason = finish_reason(&reason).to_owned();
+            }
+            chunk.tokens_out = parsed.usage.unwrap_or_default().output_tokens;
+        }
+        "error" => {
+            let message = parsed.error.map(|e| e.message).unwrap_or_default();
+            return Err(ProviderError::Unavailable(format!(
+                "provider \"{provider}\" failed mid-stream: {message}"
+            )));
+        }
+        _ => {}
+    }
+    let mut raw = infermux::raw::RawAnswer::new(data.clone(), model);
+    raw.event = Some(parsed.kind.as_str().into());
+    chunk.raw = Some(raw);
+    match parsed.kind.as_str() {
+        "message_stop" => Ok(http::Step::Last(chunk)),
+        _ => Ok(http::Step::Chunk(chunk)),
     }
 }
 

@@ -614,6 +614,26 @@ pub(crate) fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64
     Ok(<Option<u64> as serde::Deserialize>::deserialize(d)?.unwrap_or(0))
 }
 
+/// `req` whole, for a provider that translates it: a request passed in as
+/// its caller's bytes of another dialect than the provider's (`own`) is
+/// decoded again, tool calls and extra fields included. `None`: `req` is
+/// whole already, or goes through as sent.
+pub fn whole(
+    req: &infermux::InferRequest,
+    own: infermux::raw::Dialect,
+) -> Result<Option<infermux::InferRequest>, ProviderError> {
+    match req.passthrough.as_deref() {
+        Some(p) if p.raw.dialect == own => Ok(None),
+        Some(p) => match p.whole_request() {
+            None => Ok(None),
+            Some(r) => r
+                .map(Some)
+                .map_err(|e| ProviderError::InvalidRequest(e.message().to_owned())),
+        },
+        None => Ok(None),
+    }
+}
+
 /// What one upstream event means for the reply.
 #[expect(
     clippy::large_enum_variant,
@@ -626,6 +646,9 @@ pub enum Step {
     Skip,
     /// The upstream says the reply is complete.
     Done,
+    /// The last piece: the reply is complete after it (an event passed
+    /// through that also ends the stream, Anthropic's `message_stop`).
+    Last(infermux::InferChunk),
 }
 
 type EventStream =
@@ -642,6 +665,8 @@ struct ChunkState<F> {
     saw_usage: bool,
     /// Goes with the first chunk.
     request_id: Option<Box<str>>,
+    /// A [`Step::Last`] went out: the stream ends at the next poll.
+    ending: bool,
 }
 
 /// What a stream's prompt was, for an estimate of its tokens when the
@@ -729,20 +754,29 @@ where
         text: String::new(),
         saw_usage: false,
         request_id: resp.request_id,
+        ending: false,
     };
     Box::pin(futures_util::stream::unfold(state, |mut s| async move {
         if s.done {
             return None;
         }
         loop {
-            let failure = match s.events.next().await {
+            let step = match s.ending {
+                true => Some(Ok(Step::Done)),
+                false => match s.events.next().await {
+                    None => None,
+                    Some(Err(e)) => Some(Err(e)),
+                    Some(Ok(event)) => Some((s.parse)(event)),
+                },
+            };
+            let failure = match step {
                 None => ProviderError::Unavailable(format!(
                     "provider \"{}\" closed its stream before the reply was complete",
                     s.provider
                 )),
                 Some(Err(e)) => e,
-                Some(Ok(event)) => match (s.parse)(event) {
-                    Ok(Step::Done) => {
+                Some(Ok(step)) => match (matches!(step, Step::Last(_)), step) {
+                    (_, Step::Done) => {
                         s.done = true;
                         if s.saw_usage {
                             return None;
@@ -755,8 +789,9 @@ where
                         };
                         return Some((Ok(estimate), s));
                     }
-                    Ok(Step::Skip) => continue,
-                    Ok(Step::Chunk(mut c)) => {
+                    (_, Step::Skip) => continue,
+                    (is_last, Step::Last(mut c) | Step::Chunk(mut c)) => {
+                        s.ending |= is_last;
                         if c.delta.is_empty()
                             && c.finish_reason.is_empty()
                             && c.usage().is_empty()
@@ -776,7 +811,6 @@ where
                         }
                         return Some((Ok(c), s));
                     }
-                    Err(e) => e,
                 },
             };
             s.done = true;

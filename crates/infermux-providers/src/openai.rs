@@ -175,10 +175,14 @@ impl OpenAiProvider {
                 http::json_bytes(head, raw.body_for(ctx.model, stream)),
                 true,
             )),
-            None => Ok((
-                http::json(head, &chat_request(ctx.model, req, stream))?,
-                false,
-            )),
+            None => {
+                let full = http::whole(req, infermux::raw::Dialect::OpenAiChat)?;
+                let req = full.as_ref().unwrap_or(req);
+                Ok((
+                    http::json(head, &chat_request(ctx.model, req, stream))?,
+                    false,
+                ))
+            }
         }
     }
 
@@ -451,6 +455,24 @@ impl Provider for OpenAiProvider {
             }
         }
         Ok(resp)
+    }
+
+    /// The tokenizer's count (OpenAI has no count endpoint for chat): the
+    /// messages with OpenAI's framing, and the tool schemas as sent.
+    async fn count_tokens(
+        &self,
+        _ctx: &CallContext<'_>,
+        req: &InferRequest,
+    ) -> Result<Option<infermux::TokenCount>, ProviderError> {
+        let tools = req
+            .extra
+            .as_ref()
+            .and_then(|e| e.get("tools"))
+            .map_or(0, |t| tokens::count(&t.to_string()));
+        Ok(Some(infermux::TokenCount {
+            input_tokens: tokens::prompt(&req.messages) + tools,
+            estimated: true,
+        }))
     }
 
     /// Lists the models (`GET {base_url}/models`; Azure: the resource's

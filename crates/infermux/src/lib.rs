@@ -49,7 +49,7 @@ pub use router::{RequestContext, Router};
 pub use trace::{NoopSink, SpanSink, TraceContext, TraceSpan};
 pub use types::{
     ChatMessage, EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, Params,
-    RawJson, Role, Usage,
+    RawJson, Role, TokenCount, Usage,
 };
 
 /// Maximum size of one MIST message or HTTP request body, in bytes (10 MiB).

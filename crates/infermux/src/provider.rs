@@ -8,7 +8,9 @@ use futures_core::Stream;
 
 use crate::error::ProviderError;
 use crate::trace::{Id128, TraceContext};
-use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, Usage};
+use crate::types::{
+    EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, TokenCount, Usage,
+};
 
 /// A stream of reply chunks; the last one carries usage, cost and finish reason.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<InferChunk, ProviderError>> + Send>>;
@@ -108,6 +110,18 @@ pub trait Provider: Send + Sync + 'static {
             "provider \"{}\" does not serve embeddings",
             self.name()
         )))
+    }
+
+    /// Counts the input tokens of `req` as the provider would bill them,
+    /// where it has a way to (Anthropic's `count_tokens` endpoint, a
+    /// tokenizer of its models); `None`: it has none, and the caller
+    /// estimates.
+    async fn count_tokens(
+        &self,
+        _ctx: &CallContext<'_>,
+        _req: &InferRequest,
+    ) -> Result<Option<TokenCount>, ProviderError> {
+        Ok(None)
     }
 
     /// Streams one inference call. The default runs [`Provider::infer`] and yields

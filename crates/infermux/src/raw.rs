@@ -41,6 +41,9 @@ pub struct RawRequest {
     /// Members infermux reads and the provider must not see (the `provider`
     /// extension), by the ranges of their values.
     strip: Vec<Range<usize>>,
+    /// Request headers of the caller's that a provider of its dialect
+    /// receives too (`anthropic-version`, `anthropic-beta`), as sent.
+    headers: Vec<(&'static str, Box<str>)>,
 }
 
 /// Appends `s` as a JSON string (quoted, escaped as serde_json escapes).
@@ -67,7 +70,20 @@ impl RawRequest {
             model,
             stream_options,
             strip,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same body, with caller headers a provider of its dialect
+    /// receives as sent.
+    pub fn with_headers(mut self, headers: Vec<(&'static str, Box<str>)>) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// The caller's headers for a provider of its dialect.
+    pub fn headers(&self) -> &[(&'static str, Box<str>)] {
+        &self.headers
     }
 
     /// The body as it was received.
@@ -81,9 +97,11 @@ impl RawRequest {
     }
 
     /// The body for a provider receiving `model`: the caller's bytes with
-    /// `model` replaced (or added) and, for a stream,
-    /// `stream_options.include_usage` set so the call can be counted.
+    /// `model` replaced (or added) and, for an OpenAI stream,
+    /// `stream_options.include_usage` set so the call can be counted
+    /// (Anthropic streams always carry their usage).
     pub fn body_for(&self, model: &str, stream: bool) -> Vec<u8> {
+        let stream = stream && self.dialect == Dialect::OpenAiChat;
         let body = &self.body[..];
         let mut edits: Vec<Edit> = Vec::with_capacity(2 + self.strip.len());
         let mut quoted = Vec::with_capacity(model.len() + 2);
@@ -134,6 +152,9 @@ pub struct RawAnswer {
     /// A stream's usage-only event (no choices): forwarded only to a caller
     /// that asked for usage.
     pub only_usage: bool,
+    /// The SSE event's name, for dialects that name their events
+    /// (Anthropic's `event: content_block_delta`).
+    pub event: Option<Box<str>>,
 }
 
 impl RawAnswer {
@@ -142,6 +163,7 @@ impl RawAnswer {
             body,
             model,
             only_usage: false,
+            event: None,
         }
     }
 

@@ -22,7 +22,9 @@ use crate::registry::{Registry, Route};
 use crate::trace::{
     Id128, NoopSink, OPERATION, SpanAttrs, SpanSink, SpanStatus, TraceContext, TraceSpan, now_ns,
 };
-use crate::types::{EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, Usage};
+use crate::types::{
+    EmbedRequest, EmbedResponse, InferChunk, InferRequest, InferResponse, TokenCount, Usage,
+};
 use crate::validate::validate_request;
 
 /// Providers a request may try when the router is not told otherwise.
@@ -500,6 +502,53 @@ impl Router {
             Err(e) => span.finish_err(e),
         }
         result
+    }
+
+    /// Counts the input tokens of `req` for the provider it would go to
+    /// first: that provider's own count where it has one, otherwise an
+    /// estimate (`estimated`). Nothing is spent, so no span or ledger row;
+    /// the key's model allowlist still applies.
+    pub async fn count_tokens(
+        &self,
+        req: &InferRequest,
+        ctx: &RequestContext,
+    ) -> Result<TokenCount, Error> {
+        if let Some(key) = &ctx.key {
+            key.check_model(&req.model)?;
+        }
+        let routes = self.choose(req)?;
+        let estimate = TokenCount {
+            input_tokens: prompt_estimate(req),
+            estimated: true,
+        };
+        let Some(route) = routes.first() else {
+            return Ok(estimate);
+        };
+        let trace = ctx.trace.unwrap_or_else(TraceContext::new_root);
+        let cctx = CallContext {
+            model: &route.upstream_model,
+            trace,
+            span_id: Id128::random(),
+            deadline: ctx.timeout.map(|t| Instant::now() + t),
+        };
+        let counted = route.provider.count_tokens(&cctx, req);
+        let counted = match ctx.timeout {
+            Some(t) => tokio::time::timeout(t, counted)
+                .await
+                .unwrap_or_else(|_| Err(ProviderError::Timeout("count_tokens".into()))),
+            None => counted.await,
+        };
+        match counted {
+            Ok(Some(count)) => Ok(count),
+            Ok(None) => Ok(estimate),
+            // The provider judged the request: its answer stands.
+            Err(e @ ProviderError::InvalidRequest(_)) => Err(e.into()),
+            Err(e) => {
+                tracing::debug!(provider = %route.provider_name, error = %e,
+                    "the provider could not count tokens; estimating");
+                Ok(estimate)
+            }
+        }
     }
 
     /// Routes one streaming request. Failures before the first chunk (validation,

@@ -318,6 +318,15 @@ impl std::ops::AddAssign for Usage {
     }
 }
 
+/// Input tokens of a request, counted without running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCount {
+    pub input_tokens: u64,
+    /// An estimate (a tokenizer that may not be the model's, or bytes / 4),
+    /// not the provider's own count.
+    pub estimated: bool,
+}
+
 /// JSON carried through as a provider wrote it.
 #[derive(Debug, Clone)]
 pub struct RawJson(pub std::sync::Arc<serde_json::value::RawValue>);
