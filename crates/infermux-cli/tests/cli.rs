@@ -287,7 +287,7 @@ fn interop_python() -> std::path::PathBuf {
     let python = venv.join("bin/python");
     let complete = python.exists()
         && Command::new(&python)
-            .args(["-c", "import grpc, grpc_reflection, grpc_health, openai"])
+            .args(["-c", "import grpc, grpc_reflection, grpc_health, openai, anthropic"])
             .status()
             .is_ok_and(|s| s.success());
     if !complete {
@@ -385,6 +385,14 @@ fn openai_python_sdk_works_against_serve() {
 #[test]
 fn openai_python_sdk_works_through_every_provider_shape() {
     run_interop("openai_sdk_providers.py", env!("CARGO_BIN_EXE_infermux"));
+}
+
+/// The official Anthropic SDK through `serve`'s `/v1/messages` to an
+/// Anthropic-shaped upstream (passed through) and an OpenAI-shaped one
+/// (translated), with a key as Claude Code sends it.
+#[test]
+fn anthropic_python_sdk_works_through_both_provider_shapes() {
+    run_interop("anthropic_sdk.py", env!("CARGO_BIN_EXE_infermux"));
 }
 
 /// Runs one of `tests/interop/*.py` against `target`; it must pass every check.
