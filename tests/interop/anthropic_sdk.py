@@ -162,8 +162,10 @@ auth:
   keys:
     - name: claude-code
       key: "{KEY}"
-      models: ["claude-*", "gpt-4o"]
+      models: ["claude-*", "gpt-4o", "echo-v1"]
 providers:
+  - name: echo
+    type: echo
   - name: claude
     type: anthropic
     api_key: ak-test
@@ -220,8 +222,20 @@ def fake_is_faithful(upstream):
           "the SDK parses the fake's stream")
 
 
+def readme_example(client):
+    """The README's example, on the echo provider."""
+    msg = client.messages.create(model="echo-v1", max_tokens=64,
+                                 messages=[{"role": "user", "content": "Hello"}])
+    check(msg.content[0].text == "echo: Hello", f"README: echo message {msg.content}")
+    with client.messages.stream(model="echo-v1", max_tokens=64,
+                                messages=[{"role": "user", "content": "Hello"}]) as s:
+        text = "".join(s.text_stream)
+    check(text == "echo: Hello", f"README: echo stream {text!r}")
+
+
 def run_checks(client, bad_key):
     hello = [{"role": "user", "content": "Hello"}]
+    readme_example(client)
 
     # Passed through to the anthropic provider.
     raw = client.messages.with_raw_response.create(model="claude-sonnet-4-5", max_tokens=32, messages=hello)

@@ -54,10 +54,13 @@ enum Command {
         #[arg(long)]
         stream: bool,
     },
-    /// Print an OpenAI chat completion stream of EVENTS data events.
+    /// Print an OpenAI chat completion stream of EVENTS data events (with
+    /// --anthropic: a Messages API stream of EVENTS events).
     SseBody {
         #[arg(long, default_value_t = 21)]
         events: usize,
+        #[arg(long)]
+        anthropic: bool,
     },
     /// A slow streaming upstream on ADDR.
     SlowUpstream {
@@ -110,6 +113,43 @@ fn agent_body(model: &str, kb: usize, stream: bool) -> serde_json::Value {
         turn += 1;
     }
     body
+}
+
+/// An Anthropic Messages stream of `events` events: `message_start`,
+/// `content_block_start`, `ping`, text deltas, `content_block_stop`,
+/// `message_delta` and `message_stop`.
+fn anthropic_sse_body(events: usize) -> String {
+    use serde_json::json;
+    let event = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+            "role": "assistant", "model": "bench-claude", "content": [], "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": 9, "output_tokens": 1}}}),
+    );
+    out.push_str(&event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ));
+    out.push_str(&event("ping", json!({"type": "ping"})));
+    for i in 0..events.saturating_sub(6) {
+        out.push_str(&event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": format!("word{i} ")}}),
+        ));
+    }
+    out.push_str(&event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    out.push_str(&event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": events}}),
+    ));
+    out.push_str(&event("message_stop", json!({"type": "message_stop"})));
+    out
 }
 
 /// An OpenAI chat completion stream of `events` data events: the role, content
@@ -270,8 +310,11 @@ async fn main() -> std::process::ExitCode {
             println!("{}", agent_body(&model, kb, stream));
             Ok(())
         }
-        Command::SseBody { events } => {
-            print!("{}", sse_body(events));
+        Command::SseBody { events, anthropic } => {
+            match anthropic {
+                true => print!("{}", anthropic_sse_body(events)),
+                false => print!("{}", sse_body(events)),
+            }
             Ok(())
         }
     };

@@ -287,7 +287,10 @@ fn interop_python() -> std::path::PathBuf {
     let python = venv.join("bin/python");
     let complete = python.exists()
         && Command::new(&python)
-            .args(["-c", "import grpc, grpc_reflection, grpc_health, openai, anthropic"])
+            .args([
+                "-c",
+                "import grpc, grpc_reflection, grpc_health, openai, anthropic",
+            ])
             .status()
             .is_ok_and(|s| s.success());
     if !complete {

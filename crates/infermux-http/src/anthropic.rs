@@ -505,9 +505,7 @@ pub(crate) async fn messages(
 ) -> Result<Answer, MessagesError> {
     let (req, stream, ctx) = read(state, ctx, versions, &body, false)?;
     if stream {
-        return stream_messages(state, req, ctx)
-            .await
-            .map(Answer::Response);
+        return stream_messages(state, req, ctx).await.map(Answer::Response);
     }
     let routed = state.router.call(&req, &ctx).await?;
     let r = &routed.response;
@@ -752,10 +750,7 @@ mod tests {
             v,
             serde_json::json!({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}})
         );
-        assert_eq!(
-            error_type(&Error::invalid("x")),
-            "invalid_request_error"
-        );
+        assert_eq!(error_type(&Error::invalid("x")), "invalid_request_error");
         assert_eq!(
             error_type(&Error::new(ErrorKind::Unauthorized, "x")),
             "authentication_error"

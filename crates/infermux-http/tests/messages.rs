@@ -77,16 +77,34 @@ fn claude_message() -> Value {
 
 fn claude_events() -> Vec<String> {
     vec![
-        event("message_start", json!({"type": "message_start", "message": {
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {
             "id": "msg_up_2", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
             "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 20, "output_tokens": 1, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 0}}})),
-        event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            "usage": {"input_tokens": 20, "output_tokens": 1, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 0}}}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
         event("ping", json!({"type": "ping"})),
-        event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}})),
-        event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there"}})),
-        event("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
-        event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 7}})),
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+        ),
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there"}}),
+        ),
+        event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        event(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 7}}),
+        ),
         event("message_stop", json!({"type": "message_stop"})),
     ]
 }
@@ -139,7 +157,10 @@ async fn to_an_anthropic_provider_the_request_and_answer_pass_through() {
         &sent,
         &[
             ("anthropic-version", "2023-06-01"),
-            ("anthropic-beta", "prompt-caching-2024-07-31,interleaved-thinking-2025-05-14"),
+            (
+                "anthropic-beta",
+                "prompt-caching-2024-07-31,interleaved-thinking-2025-05-14",
+            ),
         ],
     )
     .await;
@@ -265,8 +286,10 @@ async fn to_an_openai_provider_a_claude_code_request_is_translated_both_ways() {
 async fn an_openai_stream_comes_back_as_anthropic_events_with_tool_use() {
     let (_a, o, g) = both().await;
     let chunk = |delta: Value, finish: Value| {
-        data(json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+        data(
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
     };
     o.reply(Reply::Sse(vec![
         chunk(json!({"role": "assistant", "content": ""}), Value::Null),
@@ -326,7 +349,10 @@ async fn an_openai_stream_comes_back_as_anthropic_events_with_tool_use() {
     assert_eq!(got[9].1["delta"]["stop_reason"], "tool_use");
     assert_eq!(got[9].1["usage"]["output_tokens"], 11);
     assert_eq!(got[9].1["usage"]["input_tokens"], 40);
-    assert_eq!(o.last().body["stream_options"], json!({"include_usage": true}));
+    assert_eq!(
+        o.last().body["stream_options"],
+        json!({"include_usage": true})
+    );
 }
 
 #[tokio::test]
@@ -335,7 +361,13 @@ async fn a_stream_that_dies_upstream_ends_with_an_error_event() {
     let mut cut = claude_events();
     cut.truncate(4);
     a.reply(Reply::Sse(cut));
-    let resp = post(&g, "/v1/messages", &claude_code_request("sonnet", true), &[]).await;
+    let resp = post(
+        &g,
+        "/v1/messages",
+        &claude_code_request("sonnet", true),
+        &[],
+    )
+    .await;
     let got = events(&resp.text().await.unwrap());
     let (name, last) = got.last().unwrap();
     assert_eq!(name, "error");
@@ -406,7 +438,13 @@ async fn errors_are_in_anthropics_shape_with_the_contracts_status() {
     let got: Value = resp.json().await.unwrap();
     assert_eq!(got["error"]["type"], "invalid_request_error");
     a.reply(Reply::Json(200, claude_message()));
-    let resp = post(&g, "/v1/messages", &claude_code_request("sonnet", false), &[]).await;
+    let resp = post(
+        &g,
+        "/v1/messages",
+        &claude_code_request("sonnet", false),
+        &[],
+    )
+    .await;
     assert_eq!(resp.status(), 200);
 }
 

@@ -116,8 +116,7 @@ impl AnthropicProvider {
         let mut req = self.request(::http::Method::POST, uri);
         for (name, value) in raw.headers() {
             if let Ok(v) = HeaderValue::from_str(value) {
-                req.headers_mut()
-                    .insert(HeaderName::from_static(name), v);
+                req.headers_mut().insert(HeaderName::from_static(name), v);
             }
         }
         http::json_bytes(http::with_traceparent(req, ctx), body)
@@ -740,7 +739,6 @@ struct Delta {
     stop_reason: Option<String>,
 }
 
-
 #[async_trait]
 impl Provider for AnthropicProvider {
     fn name(&self) -> &str {
@@ -775,7 +773,12 @@ impl Provider for AnthropicProvider {
         let Some(raw) = passthrough(req) else {
             return Ok(None);
         };
-        let post = self.post_raw(ctx, self.count_url.clone(), raw, raw.body_for(ctx.model, false));
+        let post = self.post_raw(
+            ctx,
+            self.count_url.clone(),
+            raw,
+            raw.body_for(ctx.model, false),
+        );
         let count: Count = self.upstream.call_json(post).await?;
         Ok(Some(TokenCount {
             input_tokens: count.input_tokens,
@@ -890,8 +893,8 @@ impl Provider for AnthropicProvider {
             let mut answer_block: Option<u64> = None;
             move |event| {
                 let data = bytes::Bytes::from(event.data);
-                let parsed: StreamEvent<'_> = infermux::json::from_slice_untracked(&data)
-                    .map_err(|e| {
+                let parsed: StreamEvent<'_> =
+                    infermux::json::from_slice_untracked(&data).map_err(|e| {
                         ProviderError::Unavailable(format!(
                             "provider \"{provider}\" sent an unreadable stream event: {e}"
                         ))

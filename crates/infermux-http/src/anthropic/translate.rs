@@ -304,7 +304,12 @@ fn tools(value: &Value) -> Result<Value, Error> {
         }
         function["parameters"] = match &t["input_schema"] {
             Value::Object(_) => t["input_schema"].clone(),
-            _ => return Err(invalid(format!("tools[{j}].input_schema"), "Field required")),
+            _ => {
+                return Err(invalid(
+                    format!("tools[{j}].input_schema"),
+                    "Field required",
+                ));
+            }
         };
         out.push(json!({"type": "function", "function": function}));
     }
@@ -314,7 +319,9 @@ fn tools(value: &Value) -> Result<Value, Error> {
 /// Anthropic's `tool_choice` as OpenAI's, and whether it asks for one tool
 /// call at a time (`disable_parallel_tool_use`).
 fn tool_choice(value: &Value) -> Result<(Value, bool), Error> {
-    let one = value["disable_parallel_tool_use"].as_bool().unwrap_or(false);
+    let one = value["disable_parallel_tool_use"]
+        .as_bool()
+        .unwrap_or(false);
     let choice = match value["type"].as_str() {
         Some("auto") => json!("auto"),
         Some("any") => json!("required"),
@@ -498,9 +505,11 @@ impl Events {
         self.usage += c.usage();
         self.start(out, model);
         if let Some(text) = c.reasoning.as_deref().filter(|t| !t.is_empty()) {
-            let index = self.block(out, Block::Thinking, || {
-                json!({"type": "thinking", "thinking": "", "signature": ""})
-            });
+            let index = self.block(
+                out,
+                Block::Thinking,
+                || json!({"type": "thinking", "thinking": "", "signature": ""}),
+            );
             Events::delta(
                 out,
                 index,
@@ -620,10 +629,19 @@ mod tests {
 
     #[test]
     fn fields_without_a_counterpart_are_refused_by_name() {
-        let base = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]});
+        let base =
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]});
         let cases = [
-            ("mcp_servers", json!([{"type": "url", "url": "https://x"}]), "mcp_servers"),
-            ("tools", json!([{"type": "web_search_20250305", "name": "web_search"}]), "tools[0].type"),
+            (
+                "mcp_servers",
+                json!([{"type": "url", "url": "https://x"}]),
+                "mcp_servers",
+            ),
+            (
+                "tools",
+                json!([{"type": "web_search_20250305", "name": "web_search"}]),
+                "tools[0].type",
+            ),
             ("thinking", json!({"type": "sometimes"}), "thinking.type"),
         ];
         for (field, value, named) in cases {
@@ -635,7 +653,11 @@ mod tests {
         let e = whole(json!({"model": "m", "max_tokens": 5, "messages": [
             {"role": "user", "content": [{"type": "search_result", "source": "s"}]}]}))
         .unwrap_err();
-        assert!(e.message().starts_with("messages[0].content[0].type"), "{}", e.message());
+        assert!(
+            e.message().starts_with("messages[0].content[0].type"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
@@ -648,7 +670,9 @@ mod tests {
         };
         events.chunk(&mut out, "claude", &text);
         let call = InferChunk {
-            tool_calls: Some(json!([{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{\"a\""}}])),
+            tool_calls: Some(
+                json!([{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{\"a\""}}]),
+            ),
             ..Default::default()
         };
         events.chunk(&mut out, "claude", &call);
