@@ -98,11 +98,13 @@ providers:
     health_check: {disabled: true}
   - name: mock-claude
     type: anthropic
+    api_key: ak-bench
     base_url: "http://127.0.0.1:18811/anthropic"
     models: [bench-claude]
     health_check: {disabled: true}
   - name: mock-claude-sse
     type: anthropic
+    api_key: ak-bench
     base_url: "http://127.0.0.1:18811/anthropic-sse"
     models: [bench-claude-sse]
     health_check: {disabled: true}

@@ -595,9 +595,8 @@ impl StreamState {
                         out.extend_from_slice(b"\ndata: ");
                         raw.write_with_model(&mut out, &self.model);
                         out.extend_from_slice(b"\n\n");
-                        if name == "message_stop" {
-                            self.ended = true;
-                        }
+                        // After `message_stop` the routed stream ends (and
+                        // reports its span) at the next poll.
                     }
                     None => self.translated.chunk(&mut out, &self.model, &c),
                 },

@@ -221,10 +221,15 @@ async fn a_passed_through_stream_is_every_upstream_event_but_for_model() {
     assert!(a.last().body.get("stream_options").is_none());
     let span = g.spans.spans().pop().unwrap();
     assert_eq!(
-        (span.attrs.tokens_in, span.attrs.tokens_out),
-        (120, 7),
+        (
+            span.attrs.tokens_in,
+            span.attrs.tokens_out,
+            span.attrs.usage_estimated
+        ),
+        (120, 7, false),
         "{span:?}"
     );
+    assert_eq!(span.status, infermux::trace::SpanStatus::Ok, "{span:?}");
 }
 
 #[tokio::test]
