@@ -634,11 +634,8 @@ pub fn whole(
     }
 }
 
-/// What one upstream event means for the reply.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per stream event, moved once: boxing would allocate for each"
-)]
+/// What one upstream event means for the reply (moved once per event: its
+/// chunks are not boxed).
 pub enum Step {
     /// A piece of the reply (empty pieces are skipped).
     Chunk(infermux::InferChunk),
