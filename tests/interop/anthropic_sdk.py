@@ -13,25 +13,17 @@ Prints one line per check; exits non-zero on the first failure.
 """
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import anthropic
+from harness import Recording, check
+from harness import start_infermux as start
 
 SEEN = []  # (path, lower-cased headers, JSON body), in arrival order
 KEY = "imx-" + "ab" * 24
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL {what}")
-        sys.exit(1)
-    print(f"ok   {what}")
 
 
 def claude_message(body):
@@ -112,17 +104,11 @@ def openai_events(body):
     return [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
 
 
-class Upstream(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Upstream(Recording):
+    seen = SEEN
+    answer_headers = {"request-id": "req_up_1"}
 
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        length = int(self.headers.get("content-length", 0))
-        body = json.loads(self.rfile.read(length) or b"{}")
-        SEEN.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        path = self.path.split("?")[0]
+    def answer(self, path, body):
         if path == "/v1/messages/count_tokens":
             return self.json({"input_tokens": 321})
         if path == "/v1/messages":
@@ -132,27 +118,6 @@ class Upstream(BaseHTTPRequestHandler):
         if body.get("stream"):
             return self.sse(openai_events(body))
         return self.json(openai_completion(body))
-
-    def json(self, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.send_header("request-id", "req_up_1")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def sse(self, events):
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-        for e in events:
-            piece = e.encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
 
 
 def start_infermux(binary, upstream):
@@ -179,26 +144,7 @@ providers:
     models: [gpt-4o, gpt-4o-mini]
     health_check: {{disabled: true}}
 """
-    path = os.path.join(tempfile.mkdtemp(prefix="infermux-interop-"), "infermux.yml")
-    with open(path, "w") as f:
-        f.write(config)
-    proc = subprocess.Popen(
-        [binary, "serve", "--addr", "127.0.0.1:0", "--config", path, "--log-format", "json"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        try:
-            addr = json.loads(line).get("addr")
-        except ValueError:
-            continue
-        if addr:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, f"http://{addr}"
-    proc.kill()
-    check(False, "infermux started and said where it listens")
+    return start(binary, config)
 
 
 TOOLS = [{"name": "Bash", "description": "Runs a shell command",

@@ -8,14 +8,9 @@ Prints one line per check; exits non-zero on the first failure.
 import sys
 
 import openai
+from harness import check
 from openai import OpenAI
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL {what}")
-        sys.exit(1)
-    print(f"ok   {what}")
 
 
 def main(base):

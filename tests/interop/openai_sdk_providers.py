@@ -11,24 +11,16 @@ Prints one line per check; exits non-zero on the first failure.
 """
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
+from harness import Recording, check
+from harness import start_infermux as start
 from openai import OpenAI
 
 SEEN = []  # (path with query, lower-cased headers, JSON body), in arrival order
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL {what}")
-        sys.exit(1)
-    print(f"ok   {what}")
 
 
 def openai_completion(text):
@@ -76,17 +68,10 @@ def anthropic_events(text):
     return out
 
 
-class Upstream(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Upstream(Recording):
+    seen = SEEN
 
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        length = int(self.headers.get("content-length", 0))
-        body = json.loads(self.rfile.read(length) or b"{}")
-        SEEN.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        path = self.path.split("?")[0]
+    def answer(self, path, body):
         if path.endswith("/embeddings"):
             data = [{"object": "embedding", "index": i, "embedding": [0.5, 0.25, 0.125]}
                     for i in range(len(body["input"]))]
@@ -102,26 +87,6 @@ class Upstream(BaseHTTPRequestHandler):
         if body.get("stream"):
             return self.sse(openai_events(text))
         return self.json(openai_completion(text))
-
-    def json(self, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def sse(self, events):
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-        for e in events:
-            piece = e.encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
 
 
 def start_infermux(binary, upstream):
@@ -151,27 +116,7 @@ providers:
     models: [llama3.2]
     health_check: {{disabled: true}}
 """
-    path = os.path.join(tempfile.mkdtemp(prefix="infermux-interop-"), "infermux.yml")
-    with open(path, "w") as f:
-        f.write(config)
-    proc = subprocess.Popen(
-        [binary, "serve", "--addr", "127.0.0.1:0", "--config", path, "--log-format", "json"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        try:
-            addr = json.loads(line).get("addr")
-        except ValueError:
-            continue
-        if addr:
-            # Keep draining the log so the server never blocks on a full pipe.
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, f"http://{addr}"
-    proc.kill()
-    check(False, "infermux started and said where it listens")
+    return start(binary, config)
 
 
 def main(binary):

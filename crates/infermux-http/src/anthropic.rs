@@ -33,6 +33,7 @@ use serde_json::value::RawValue;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Caller, JsonBytes};
+use crate::openai::raw_string;
 use crate::routes::{Answer, decimal, json_response};
 
 /// The caller's Anthropic headers, forwarded to `anthropic` providers.
@@ -117,24 +118,8 @@ fn error_body(e: &Error) -> Vec<u8> {
 
 impl IntoResponse for MessagesError {
     fn into_response(self) -> Response {
-        let d = self.0.disposition();
-        if d.http_status >= 500 {
-            tracing::warn!(code = d.code, status = d.http_status, error = %self.0, "request failed");
-        } else {
-            tracing::debug!(code = d.code, status = d.http_status, error = %self.0, "request rejected");
-        }
-        let status =
-            StatusCode::from_u16(d.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, error_body(&self.0)).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(secs) = self.0.retry_after() {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        resp
+        let body = error_body(&self.0);
+        crate::error::respond(&self.0, body)
     }
 }
 
@@ -251,17 +236,6 @@ const BLOCK_TYPES: &[&str] = &[
 
 fn invalid(field: impl std::fmt::Display, what: impl std::fmt::Display) -> Error {
     Error::invalid(format!("{field}: {what}"))
-}
-
-/// A string field kept as its JSON text, decoded.
-fn raw_string(field: &str, raw: Option<&RawValue>) -> Result<String, Error> {
-    match raw {
-        None => Ok(String::new()),
-        Some(raw) => match serde_json::from_str::<Option<String>>(raw.get()) {
-            Ok(s) => Ok(s.unwrap_or_default()),
-            Err(e) => Err(invalid(field, e)),
-        },
-    }
 }
 
 /// The text of `system` (a string, or text blocks), checked.
@@ -385,8 +359,9 @@ impl LightRequest<'_> {
                             return Err(invalid(
                                 at("type"),
                                 format!(
-                                    "unknown content block type \"{}\"",
-                                    infermux::validate::truncate(kind, 40)
+                                    "unknown content block type \"{}\" (known: {})",
+                                    infermux::validate::truncate(kind, 40),
+                                    BLOCK_TYPES.join(", ")
                                 ),
                             ));
                         }
@@ -521,7 +496,8 @@ pub(crate) async fn messages(
 
 /// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, the provider's
 /// own count where it has one, otherwise the tokenizer's estimate (then
-/// `X-Infermux-Tokens-Estimated: true`).
+/// `X-Infermux-Usage-Estimated: true`, the header every estimated count
+/// carries).
 pub async fn count_tokens_route(
     State(state): State<Arc<AppState>>,
     Caller(ctx): Caller,
@@ -543,7 +519,7 @@ pub async fn count_tokens_route(
     );
     if count.estimated {
         resp.headers_mut().insert(
-            "x-infermux-tokens-estimated",
+            crate::routes::USAGE_ESTIMATED.clone(),
             HeaderValue::from_static("true"),
         );
     }
@@ -627,21 +603,7 @@ async fn stream_messages(
 ) -> Result<Response, MessagesError> {
     // Failures before the first byte are ordinary errors with their status.
     let routed = state.router.call_stream(&req, &ctx).await?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    crate::routes::route_headers(&mut headers, &routed.provider, &routed.upstream_model);
-    crate::routes::budget_header(&mut headers, routed.budget_remaining);
-    crate::routes::strategy_headers(&mut headers, routed.strategy, routed.route_group.as_deref());
-    if let Some(v) = routed
-        .upstream_request_id()
-        .and_then(|id| HeaderValue::from_str(id).ok())
-    {
-        headers.insert(crate::routes::UPSTREAM_REQUEST_ID.clone(), v);
-    }
+    let headers = crate::routes::stream_headers(&routed);
     let state = StreamState {
         model: routed.model.clone(),
         routed,

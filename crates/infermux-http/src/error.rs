@@ -31,27 +31,33 @@ struct Detail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let d = self.0.disposition();
-        // Server-side failures are worth a warning; a caller's mistake is not.
-        if d.http_status >= 500 {
-            tracing::warn!(code = d.code, status = d.http_status, error = %self.0, "request failed");
-        } else {
-            tracing::debug!(code = d.code, status = d.http_status, error = %self.0, "request rejected");
-        }
         let bytes = body(&self.0);
-        let status =
-            StatusCode::from_u16(d.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, bytes).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(secs) = self.0.retry_after() {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        resp
+        respond(&self.0, bytes)
     }
+}
+
+/// The response for `e` with `body` (its rendering in the caller's dialect):
+/// the status from the error table, `Retry-After` when the error has one,
+/// and the one log line every failed request gets (a warning for server-side
+/// failures; a caller's mistake only at debug).
+pub(crate) fn respond(e: &Error, body: Vec<u8>) -> Response {
+    let d = e.disposition();
+    if d.http_status >= 500 {
+        tracing::warn!(code = d.code, status = d.http_status, error = %e, "request failed");
+    } else {
+        tracing::debug!(code = d.code, status = d.http_status, error = %e, "request rejected");
+    }
+    let status = StatusCode::from_u16(d.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(secs) = e.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 /// The contract's JSON error body for `e`.

@@ -194,8 +194,9 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// A string field kept as its JSON text, decoded.
-fn raw_string(field: &str, raw: Option<&RawValue>) -> Result<String, Error> {
+/// A string field kept as its JSON text, decoded (every dialect's `model`
+/// and `provider`).
+pub(crate) fn raw_string(field: &str, raw: Option<&RawValue>) -> Result<String, Error> {
     match raw {
         None => Ok(String::new()),
         Some(raw) => match serde_json::from_str::<Option<String>>(raw.get()) {
@@ -829,21 +830,7 @@ async fn stream_completion(
     // Failures before the first byte (validation, unknown model, the provider
     // refusing the call) are ordinary JSON errors with their status.
     let routed = state.router.call_stream(&req, &ctx).await?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    crate::routes::route_headers(&mut headers, &routed.provider, &routed.upstream_model);
-    crate::routes::budget_header(&mut headers, routed.budget_remaining);
-    crate::routes::strategy_headers(&mut headers, routed.strategy, routed.route_group.as_deref());
-    if let Some(v) = routed
-        .upstream_request_id()
-        .and_then(|id| HeaderValue::from_str(id).ok())
-    {
-        headers.insert(crate::routes::UPSTREAM_REQUEST_ID.clone(), v);
-    }
+    let headers = crate::routes::stream_headers(&routed);
     let state = StreamState {
         id: completion_id(),
         created: unix_now(),

@@ -85,7 +85,8 @@ static LATENCY: HeaderName = HeaderName::from_static("x-infermux-latency-ms");
 static PROMPT_TOKENS: HeaderName = HeaderName::from_static("x-infermux-prompt-tokens");
 static COMPLETION_TOKENS: HeaderName = HeaderName::from_static("x-infermux-completion-tokens");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static USAGE_ESTIMATED: HeaderName = HeaderName::from_static("x-infermux-usage-estimated");
+pub(crate) static USAGE_ESTIMATED: HeaderName =
+    HeaderName::from_static("x-infermux-usage-estimated");
 static STRATEGY: HeaderName = HeaderName::from_static("x-infermux-strategy");
 static ROUTE_GROUP: HeaderName = HeaderName::from_static("x-infermux-route-group");
 static CACHED_TOKENS: HeaderName = HeaderName::from_static("x-infermux-cached-tokens");
@@ -107,6 +108,27 @@ pub(crate) fn budget_header(headers: &mut HeaderMap, left: Option<f64>) {
     {
         headers.insert(BUDGET_REMAINING.clone(), v);
     }
+}
+
+/// The headers of a routed stream's 200 answer, in every dialect: the
+/// event-stream content type and the call's `X-Infermux-*` headers.
+pub(crate) fn stream_headers(routed: &infermux::router::RoutedStream) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    route_headers(&mut headers, &routed.provider, &routed.upstream_model);
+    budget_header(&mut headers, routed.budget_remaining);
+    strategy_headers(&mut headers, routed.strategy, routed.route_group.as_deref());
+    if let Some(v) = routed
+        .upstream_request_id()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert(UPSTREAM_REQUEST_ID.clone(), v);
+    }
+    headers
 }
 
 /// A routed call's 200 JSON answer with its `X-Infermux-*` headers, before

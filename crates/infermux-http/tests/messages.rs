@@ -461,7 +461,7 @@ async fn count_tokens_asks_an_anthropic_provider_and_estimates_otherwise() {
         "messages": [{"role": "user", "content": "How many tokens is this?"}]});
     let resp = post(&g, "/v1/messages/count_tokens", &body, &[]).await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("x-infermux-tokens-estimated").is_none());
+    assert!(resp.headers().get("x-infermux-usage-estimated").is_none());
     assert_eq!(
         resp.json::<Value>().await.unwrap(),
         json!({"input_tokens": 1234})
@@ -478,7 +478,7 @@ async fn count_tokens_asks_an_anthropic_provider_and_estimates_otherwise() {
     body["model"] = json!("gpt-4o");
     let resp = post(&g, "/v1/messages/count_tokens", &body, &[]).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-infermux-tokens-estimated"], "true");
+    assert_eq!(resp.headers()["x-infermux-usage-estimated"], "true");
     let n = resp.json::<Value>().await.unwrap()["input_tokens"]
         .as_u64()
         .unwrap();

@@ -979,6 +979,18 @@ impl Provider for AnthropicProvider {
     }
 }
 
+/// The Messages API's stream event names.
+const EVENTS: [&str; 8] = [
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+    "ping",
+    "error",
+];
+
 /// An event of a stream passed through (SPEC §11): what infermux reads of
 /// it (usage, the stop reason, the text for an estimate), with the event as
 /// it came for the caller. Every event goes on, pings and block stops
@@ -1022,7 +1034,10 @@ fn passed_event(
         _ => {}
     }
     let mut raw = infermux::raw::RawAnswer::new(data.clone(), model);
-    raw.event = Some(parsed.kind.as_str().into());
+    raw.event = Some(match EVENTS.iter().find(|&&e| e == parsed.kind) {
+        Some(&name) => std::borrow::Cow::Borrowed(name),
+        None => std::borrow::Cow::Owned(parsed.kind.clone()),
+    });
     chunk.raw = Some(raw);
     match parsed.kind.as_str() {
         "message_stop" => Ok(http::Step::Last(chunk)),

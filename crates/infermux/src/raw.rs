@@ -153,8 +153,9 @@ pub struct RawAnswer {
     /// that asked for usage.
     pub only_usage: bool,
     /// The SSE event's name, for dialects that name their events
-    /// (Anthropic's `event: content_block_delta`).
-    pub event: Option<Box<str>>,
+    /// (Anthropic's `event: content_block_delta`; the known names are not
+    /// allocated for each event).
+    pub event: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl RawAnswer {

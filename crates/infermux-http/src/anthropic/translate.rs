@@ -11,6 +11,10 @@ use serde_json::{Map, Value, json};
 
 use super::invalid;
 
+/// What to do about a field that cannot be translated.
+const ELSEWHERE: &str =
+    "leave it out, or send this model to an anthropic provider (where the request passes as sent)";
+
 /// Anthropic's `thinking` budget as OpenAI's `reasoning_effort`: the
 /// nearest of the budgets the other direction uses (1024, 4096, 16384).
 fn effort(budget: i64) -> &'static str {
@@ -80,7 +84,7 @@ pub(crate) fn whole_request(body: &Bytes) -> Result<InferRequest, Error> {
             other => {
                 return Err(invalid(
                     other,
-                    "has no counterpart for OpenAI-dialect providers",
+                    format!("has no counterpart for OpenAI-dialect providers; {ELSEWHERE}"),
                 ));
             }
         }
@@ -157,7 +161,9 @@ fn user(i: usize, content: &Value, out: &mut Vec<ChatMessage>) -> Result<(), Err
             other => {
                 return Err(invalid(
                     at(".type"),
-                    format!("{other} blocks cannot be translated for OpenAI-dialect providers"),
+                    format!(
+                        "{other} blocks cannot be translated for OpenAI-dialect providers; {ELSEWHERE}"
+                    ),
                 ));
             }
         }
@@ -196,7 +202,9 @@ fn assistant(i: usize, content: &Value) -> Result<ChatMessage, Error> {
             other => {
                 return Err(invalid(
                     format!("messages[{i}].content[{j}].type"),
-                    format!("{other} blocks cannot be translated for OpenAI-dialect providers"),
+                    format!(
+                        "{other} blocks cannot be translated for OpenAI-dialect providers; {ELSEWHERE}"
+                    ),
                 ));
             }
         }
@@ -292,7 +300,9 @@ fn tools(value: &Value) -> Result<Value, Error> {
         {
             return Err(invalid(
                 format!("tools[{j}].type"),
-                format!("the server tool {kind} has no counterpart for OpenAI-dialect providers"),
+                format!(
+                    "the server tool {kind} has no counterpart for OpenAI-dialect providers; {ELSEWHERE}"
+                ),
             ));
         }
         let name = t["name"]
